@@ -1,0 +1,1 @@
+"""Training: one loop per model, run under Ray Train (see launcher.py)."""

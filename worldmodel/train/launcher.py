@@ -1,0 +1,127 @@
+"""Run a model's `train_func(config)` under Ray Train's TorchTrainer, locally or on a cluster.
+
+Layout of a run directory (`--out`):
+
+    RUN/metrics.csv      one row per logged step (written by rank 0)
+    RUN/loss.png         the loss curves
+    RUN/model/           config.json + model.safetensors of the final weights
+    RUN/ray/<name>/      Ray Train's run state and checkpoints (resume reads these)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worldmodel.train.loop import STATE_FILE
+
+
+class TrainingError(RuntimeError):
+    """Training could not start or finish; the message says what to do."""
+
+
+@dataclass
+class LaunchOptions:
+    out: str
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    resume: bool = False
+    max_failures: int = 2
+    threads_per_worker: int = 0  # 0: the CPUs of this machine divided among local workers
+
+
+def latest_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
+    """The newest checkpoint directory under RUN/ray and its step, or None."""
+    found = []
+    for state in Path(run_dir, "ray").glob(f"*/checkpoint_*/{STATE_FILE}"):
+        try:
+            found.append((json.loads(state.read_text())["step"], state.parent))
+        except (ValueError, KeyError):
+            continue  # a checkpoint cut off mid-write is no checkpoint
+    if not found:
+        return None
+    step, path = max(found)
+    return path, step
+
+
+def launch(name: str, train_func: Callable[[dict], None], config: dict[str, Any], options: LaunchOptions):
+    """Fit `train_func` with `options.workers` DDP workers; returns Ray's Result."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from worldmodel.raycluster import init_ray
+
+    if options.workers < 1:
+        raise TrainingError(f"--workers must be >= 1, got {options.workers}")
+    out = Path(options.out).resolve()
+    previous = latest_checkpoint(out)
+    if previous is not None and not options.resume:
+        raise TrainingError(
+            f"{out} already holds a checkpoint at step {previous[1]}: pass --resume to continue it, or choose another --out"
+        )
+    if options.resume and previous is None and (out / "ray").exists():
+        print(f"no complete checkpoint under {out}; starting from step 0")
+    out.mkdir(parents=True, exist_ok=True)
+    init_ray()
+    cpus = int(ray.available_resources().get("CPU", 1))
+    threads = options.threads_per_worker or max(1, cpus // options.workers)
+    use_gpu = options.gpus_per_worker > 0
+    resources = {"CPU": 1, **({"GPU": options.gpus_per_worker} if use_gpu else {})}
+    config = {**config, "out": str(out), "name": name, "threads_per_worker": threads}
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(out / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=options.max_failures),
+        ),
+        resume_from_checkpoint=ray.train.Checkpoint(str(previous[0])) if previous and options.resume else None,
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise TrainingError(f"training {name} failed: {result.error}")
+    return result
+
+
+def final_checkpoint_dir(out: str | Path) -> Path:
+    found = latest_checkpoint(Path(out).resolve())
+    if found is None:
+        raise TrainingError(f"no checkpoint under {out}: did training run?")
+    return found[0]
+
+
+def common_spec(stores: list[str]):
+    from worldmodel.data import EpisodeStore, StoreError
+
+    if not stores:
+        raise ValueError("give at least one --store")
+    opened = [EpisodeStore.open(s) for s in stores]
+    for store in opened[1:]:
+        if store.spec != opened[0].spec:
+            raise StoreError(f"{store.location} has another spec than {opened[0].location}")
+    if sum(s.num_steps for s in opened) == 0:
+        raise StoreError(f"{', '.join(stores)} hold no episodes: collect some first")
+    return opened[0].spec
+
+
+def export_model(out: str, class_name: str, config: dict[str, Any], spec) -> Path:
+    """Write RUN/model from the final checkpoint, and RUN/loss.png from RUN/metrics.csv."""
+    from worldmodel.models.io import MODEL_CLASSES, load_weights, save_pretrained
+    from worldmodel.train.loop import MODEL_FILE
+    from worldmodel.train.metrics import plot_metrics
+
+    run = Path(out).resolve()
+    model_cls, config_cls = MODEL_CLASSES[class_name]
+    model = model_cls(config_cls.from_dict(config["model"]))
+    load_weights(model, final_checkpoint_dir(run) / MODEL_FILE)
+    provenance = {k: v for k, v in config.items() if k not in ("model", "out")}
+    target = save_pretrained(model, run / "model", extra={"spec": spec.to_dict(), "training": provenance})
+    plot_metrics(run / "metrics.csv", run / "loss.png", f"{class_name} ({config.get('preset')})")
+    return target

@@ -1,0 +1,62 @@
+"""Training metrics as a CSV that survives resumes, and the loss-curve PNG drawn from it."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+
+class MetricsLog:
+    """Append rows of metrics to a CSV; on resume, rows past the checkpoint step are dropped."""
+
+    def __init__(self, path: str | Path, resume_after: int = 0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_after] if resume_after else []
+        self._rewrite()
+
+    def append(self, row: dict[str, float]) -> None:
+        self.rows.append(dict(row))
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        # Rewritten whole (a few KiB): columns may appear later, and a crash mid-write
+        # is survived by writing a sibling and renaming over.
+        columns = list(dict.fromkeys(k for row in self.rows for k in row))
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        tmp.replace(self.path)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def plot_metrics(csv_path: str | Path, png_path: str | Path, title: str) -> Path:
+    """One panel per loss column against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(csv_path)
+    columns = [c for c in dict.fromkeys(k for r in rows for k in r) if c == "loss" or c.startswith("loss/")]
+    fig, axes = plt.subplots(1, max(1, len(columns)), figsize=(4 * max(1, len(columns)), 3.2), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        points = [(r["step"], r[column]) for r in rows if column in r]
+        ax.plot(*zip(*points), marker="." if len(points) < 50 else None)
+        ax.set_title(column)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return Path(png_path)

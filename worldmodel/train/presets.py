@@ -1,0 +1,85 @@
+"""`--preset tiny|small|paper`: model sizes and training lengths per model.
+
+tiny: seconds on a CPU (tests). small: the CPU demo. paper: the published
+sizes (Ha & Schmidhuber 2018), meant for GPUs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PRESET_NAMES = ("tiny", "small", "paper")
+
+
+@dataclass(frozen=True)
+class TrainPreset:
+    model: dict[str, Any] = field(default_factory=dict)
+    """Overrides of the model config's defaults (the defaults are the paper's)."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    max_steps: int = 1000
+    checkpoint_every: int = 200
+    log_every: int = 10
+    window: int = 1
+    """Steps per training sample (1 for frame models, a sequence for the MDN-RNN)."""
+    grad_clip: float | None = None
+
+
+PRESETS: dict[str, dict[str, TrainPreset]] = {
+    "vae": {
+        "tiny": TrainPreset(
+            model={"latent_dim": 8, "encoder_channels": (4, 8, 8, 16), "decoder_channels": (16, 8, 4)},
+            batch_size=8, max_steps=30, checkpoint_every=10, log_every=5,
+        ),
+        "small": TrainPreset(
+            model={"latent_dim": 32, "encoder_channels": (16, 32, 64, 128), "decoder_channels": (64, 32, 16)},
+            batch_size=32, max_steps=2000, checkpoint_every=500, log_every=25,
+        ),
+        "paper": TrainPreset(batch_size=100, lr=1e-4, max_steps=100_000, checkpoint_every=2000, log_every=100),
+    },
+    "mdnrnn": {
+        "tiny": TrainPreset(
+            model={"hidden_size": 16, "num_mixtures": 2},
+            batch_size=4, max_steps=30, checkpoint_every=10, log_every=5, window=8, grad_clip=1.0,
+        ),
+        "small": TrainPreset(
+            model={"hidden_size": 128, "num_mixtures": 5},
+            batch_size=16, max_steps=2000, checkpoint_every=500, log_every=25, window=32, grad_clip=1.0,
+        ),
+        "paper": TrainPreset(
+            batch_size=100, lr=1e-3, max_steps=20_000, checkpoint_every=1000, log_every=100, window=100, grad_clip=1.0
+        ),
+    },
+}
+
+
+def get_preset(model: str, name: str) -> TrainPreset:
+    if model not in PRESETS:
+        raise ValueError(f"no presets for model {model!r}; known: {sorted(PRESETS)}")
+    if name not in PRESETS[model]:
+        raise ValueError(f"unknown preset {name!r} for {model}; choose one of {', '.join(PRESET_NAMES)}")
+    return PRESETS[model][name]
+
+
+def loop_config(preset: TrainPreset, max_steps: int | None, seed: int) -> dict[str, Any]:
+    """The keys train/loop.py reads, from a preset and the command line."""
+    steps = preset.max_steps if max_steps is None else int(max_steps)
+    if steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {steps}")
+    return {
+        "batch_size": preset.batch_size,
+        "lr": preset.lr,
+        "max_steps": steps,
+        "checkpoint_every": min(preset.checkpoint_every, steps),
+        "log_every": min(preset.log_every, steps),
+        "window": preset.window,
+        "grad_clip": preset.grad_clip,
+        "seed": int(seed),
+    }
+
+
+def shard(items: list, rank: int, world: int) -> list:
+    """This worker's share of whole episodes (all of them when there are fewer than workers)."""
+    mine = items[rank::world]
+    return mine if mine else list(items)

@@ -1,0 +1,57 @@
+"""Train V, the ConvVAE, on frames of one or more stores (Ray Train, DDP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch
+from worldmodel.train.presets import get_preset, loop_config, shard
+
+
+def train_func(config: dict[str, Any]) -> None:
+    """One Ray Train worker: random single frames from this worker's episodes."""
+    import ray.train
+
+    from worldmodel.data import EpisodeStore, WindowSampler
+    from worldmodel.models import ConvVAE, VAEConfig, to_model_input
+    from worldmodel.train.loop import train_loop
+
+    context = ray.train.get_context()
+    stores = [EpisodeStore.open(location) for location in config["stores"]]
+    episodes = [(i, ref) for i, store in enumerate(stores) for ref in store.episodes]
+    mine = shard(episodes, context.get_world_rank(), context.get_world_size())
+    sampler = WindowSampler(stores, 1, keys=("image",), episodes=mine)
+    model = ConvVAE(VAEConfig.from_dict(config["model"]))
+
+    def next_batch(rng):
+        return sampler.sample(config["batch_size"], rng)
+
+    def objective(vae, batch):
+        return vae.loss(to_model_input(batch["image"][:, 0]))
+
+    train_loop(config, model, next_batch, objective)
+
+
+def train_vae(
+    stores: list[str],
+    options: LaunchOptions,
+    *,
+    preset: str = "small",
+    max_steps: int | None = None,
+    seed: int = 0,
+) -> Path:
+    """Train and write RUN/model (config.json + model.safetensors) and RUN/loss.png; returns RUN/model."""
+    from worldmodel.models import VAEConfig
+
+    spec = common_spec(stores)
+    chosen = get_preset("vae", preset)
+    model_config = VAEConfig.from_spec(spec, **chosen.model)
+    config = {
+        **loop_config(chosen, max_steps, seed),
+        "stores": [str(s) for s in stores],
+        "model": model_config.to_dict(),
+        "preset": preset,
+    }
+    launch("vae", train_func, config, options)
+    return export_model(options.out, "ConvVAE", config, spec)
