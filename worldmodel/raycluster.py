@@ -13,8 +13,6 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
 
     Returns True when this call started Ray (the caller may then shut it down).
     """
-    for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
@@ -22,6 +20,13 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return True
+    for key, value in LOOPBACK_ENV.items():  # inherited by the Ray processes started below
+        os.environ.setdefault(key, value)
+    # Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is first imported; if something
+    # imported it before us, the driver would still pick the machine's address.
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
     ray.init(
         address="local",
         num_cpus=num_cpus,
