@@ -34,3 +34,18 @@ def cartpole_store(tmp_path_factory, ray_local) -> str:
     location = str(tmp_path_factory.mktemp("stores") / "cartpole.zarr")
     collect("CartPole-v1", location, episodes=12, max_steps=60, workers=2, seed=0, show_progress=False)
     return location
+
+
+@pytest.fixture(scope="session")
+def vmc_runs(tmp_path_factory, cartpole_store) -> dict[str, str]:
+    """Tiny V and M trained through Ray Train on the CartPole store, and their bundle."""
+    from worldmodel.bundle import write_vmc_bundle
+    from worldmodel.train.launcher import LaunchOptions
+    from worldmodel.train.mdnrnn import train_mdnrnn
+    from worldmodel.train.vae import train_vae
+
+    root = tmp_path_factory.mktemp("vmc")
+    vae = train_vae([cartpole_store], LaunchOptions(out=str(root / "vae")), preset="tiny", max_steps=40)
+    mdnrnn = train_mdnrnn([cartpole_store], str(vae), LaunchOptions(out=str(root / "mdnrnn")), preset="tiny", max_steps=40)
+    bundle = write_vmc_bundle(root / "bundle", vae, mdnrnn, [cartpole_store], contexts=16)
+    return {"vae": str(root / "vae"), "mdnrnn": str(root / "mdnrnn"), "bundle": str(bundle), "store": cartpole_store}

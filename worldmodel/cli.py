@@ -49,6 +49,59 @@ def _print_info(location: str, as_json: bool) -> None:
     print(json.dumps(summary, indent=2, default=float) if as_json else format_summary(summary))
 
 
+def _launch_options(args: argparse.Namespace):
+    from worldmodel.train.launcher import LaunchOptions
+
+    return LaunchOptions(out=args.out, workers=args.workers, gpus_per_worker=args.gpus_per_worker, resume=args.resume)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from worldmodel.train.launcher import TrainingError
+
+    try:
+        if args.model == "vae":
+            from worldmodel.train.vae import train_vae
+
+            target = train_vae(args.store, _launch_options(args), preset=args.preset, max_steps=args.max_steps, seed=args.seed)
+        elif args.model == "mdnrnn":
+            from worldmodel.train.mdnrnn import train_mdnrnn
+
+            if not args.vae:
+                raise CliError("train mdnrnn needs --vae RUN (a `train vae` output directory)")
+            target = train_mdnrnn(
+                args.store, _model_dir(args.vae), _launch_options(args),
+                preset=args.preset, max_steps=args.max_steps, seed=args.seed,
+            )
+        else:
+            raise CliError(f"unknown model {args.model!r}")
+    except TrainingError as err:
+        raise CliError(str(err)) from err
+    print(f"model: {target}\nloss curve: {os.path.join(args.out, 'loss.png')}\nmetrics: {os.path.join(args.out, 'metrics.csv')}")
+
+
+def _model_dir(run: str) -> str:
+    """A run directory or its model/ directory, whichever holds the saved model."""
+    candidate = os.path.join(run, "model")
+    return candidate if os.path.isfile(os.path.join(candidate, "config.json")) else run
+
+
+def cmd_bundle(args: argparse.Namespace) -> None:
+    from worldmodel.bundle import write_vmc_bundle
+
+    path = write_vmc_bundle(
+        args.out, _model_dir(args.vae), _model_dir(args.mdnrnn), args.store,
+        contexts=args.contexts, context_length=args.context_length, seed=args.seed,
+    )
+    print(f"bundle written to {path}")
+
+
+def cmd_eval_model(args: argparse.Namespace) -> None:
+    from worldmodel.evaluate import evaluate_vmc, format_vmc_report
+
+    result = evaluate_vmc(args.bundle, args.store, max_episodes=args.episodes, out=args.out)
+    print(json.dumps(result, indent=2) if args.json else format_vmc_report(result))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     # The full demo (train, dream, serve, report) builds on later stages;
     # for now it shows the foundation: real collection into a store.
@@ -95,6 +148,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", help="store path or fsspec URL")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_info)
+
+    train = sub.add_parser(
+        "train",
+        help="train a model on Ray (vae | mdnrnn)",
+        description="Train one model with Ray Train (embedded Ray on 127.0.0.1, or the cluster of "
+        "`ray job submit`). Writes --out: metrics.csv, loss.png, model/ and Ray checkpoints.",
+    )
+    models = train.add_subparsers(dest="model", required=True, metavar="MODEL")
+    times = {
+        "vae": "tiny about 20 s; small about 10 min on 2 CPUs (2,000 steps); paper: GPU hours",
+        "mdnrnn": "tiny about 25 s; small about 5 min on 2 CPUs; paper: GPU hours",
+    }
+    for name, what in (("vae", "V, the ConvVAE, on frames"), ("mdnrnn", "M, the MDN-RNN, on V's latents")):
+        p = models.add_parser(
+            name,
+            help=f"train {what}",
+            description=f"Train {what}. Reads: --store (one or more){' and --vae' if name == 'mdnrnn' else ''}. "
+            f"Writes: --out{' and STORE.latents.zarr beside each store (a cache)' if name == 'mdnrnn' else ''}. "
+            f"Time: {times[name]} (plus 30 s Ray start-up).",
+        )
+        p.add_argument("--store", action="append", required=True, help="episode store (repeat for several)")
+        if name == "mdnrnn":
+            p.add_argument("--vae", required=True, help="the `train vae` run directory")
+        p.add_argument("--out", required=True, help="run directory")
+        p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+        p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the preset's)")
+        p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP)")
+        p.add_argument("--gpus-per-worker", type=float, default=0.0)
+        p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+        p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "bundle",
+        help="assemble a simulator bundle from trained models",
+        description="Reads: --vae and --mdnrnn run directories, --store (for start contexts). "
+        "Writes: --out (config.json, safetensors, start contexts). Time: seconds.",
+    )
+    p.add_argument("--vae", required=True)
+    p.add_argument("--mdnrnn", required=True)
+    p.add_argument("--store", action="append", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--contexts", type=int, default=64, help="real start contexts to carry")
+    p.add_argument("--context-length", type=int, default=4, help="frames per start context (L)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser(
+        "eval-model",
+        help="score a bundle's models on held-out episodes against trivial baselines",
+        description="Reads: --bundle and a held-out --store. Writes: --out/vae_reconstruction.gif when --out "
+        "is given. Time: seconds for hundreds of episodes.",
+    )
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--store", required=True, help="held-out episode store")
+    p.add_argument("--episodes", type=int, default=100, help="evaluate at most this many episodes")
+    p.add_argument("--out", default=None, help="directory for the GIF of real frames beside V's reconstructions")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_eval_model)
 
     p = sub.add_parser(
         "demo",

@@ -2,7 +2,10 @@
 
 Reading through zarr costs about half a millisecond per call, whatever its
 size, so windows are cut from whole decoded chunks kept in a byte-bounded LRU
-cache: a chunk is decoded once and serves every window that touches it.
+cache: a chunk is decoded once and serves every window that touches it. A
+batch is located with one searchsorted, each chunk it touches is looked up
+once, and windows are copied straight into the batch arrays (no per-window
+concatenate or stack): benchmarks/store.py measures this against numpy in RAM.
 """
 
 from __future__ import annotations
@@ -41,11 +44,26 @@ class ChunkCache:
             self.nbytes -= old.nbytes
         return block
 
+    def get_many(self, prefix: tuple, array, chunks: Sequence[int]) -> dict[int, np.ndarray]:
+        """{chunk: block} for chunks `chunks` of `array`, cached under keys (*prefix, chunk)."""
+        found, touch, blocks = self._chunks.get, self._chunks.move_to_end, {}
+        for chunk in chunks:
+            key = (*prefix, chunk)
+            block = found(key)
+            if block is None:
+                block = self.get(key, array, chunk)
+            else:
+                touch(key)
+                self.hits += 1
+            blocks[chunk] = block
+        return blocks
+
 
 class WindowSampler:
     """Sample or index windows of `window` steps from one or more stores of the same spec.
 
     Episodes shorter than the window are skipped (`skipped_episodes` counts them).
+    Windows are fresh arrays (never views of cached chunks): changing one changes nothing else.
     """
 
     def __init__(
@@ -77,8 +95,17 @@ class WindowSampler:
         self.skipped_episodes = len(episodes) - len(self.episodes)
         counts = np.array([ref.length - self.window + 1 for _, ref in self.episodes], dtype=np.int64)
         self._cumulative = np.cumsum(counts)
+        # Per episode: windows before it, its first row, and which (store, part) holds it;
+        # lets `sample` locate a whole batch with one searchsorted.
+        self._before = self._cumulative - counts
+        self._starts = np.array([ref.start for _, ref in self.episodes], dtype=np.int64)
+        source_ids: dict[tuple[int, str], int] = {}
+        for s, ref in self.episodes:
+            source_ids.setdefault((s, ref.part), len(source_ids))
+        self._sources: list[tuple[int, str]] = list(source_ids)
+        self._source_of = np.array([source_ids[(s, ref.part)] for s, ref in self.episodes], dtype=np.int64)
         self.cache = ChunkCache(cache_bytes)
-        self._arrays: dict[tuple[int, str, str], object] = {}
+        self._arrays: dict[tuple[int, str, str], tuple[object, int]] = {}
 
     def __len__(self) -> int:
         return int(self._cumulative[-1]) if len(self._cumulative) else 0
@@ -94,28 +121,110 @@ class WindowSampler:
 
     def window_at(self, index: int) -> dict[str, np.ndarray]:
         """Window `index` as arrays [T, ...]."""
-        store_index, ref, row = self.locate(index)
-        return {key: self._read(store_index, ref.part, key, row) for key in self.keys}
+        self.locate(index)  # range check
+        batch = self._gather(np.array([index], dtype=np.int64))
+        return {key: value[0] for key, value in batch.items()}
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """`batch_size` windows drawn uniformly over all valid windows, as arrays [B, T, ...]."""
         if len(self) == 0:
             raise StoreError(f"no episode is at least {self.window} steps long")
         indices = rng.integers(0, len(self), size=batch_size)
-        windows = [self.window_at(int(i)) for i in indices]
-        return {key: np.stack([w[key] for w in windows]) for key in self.keys}
+        return self._gather(np.asarray(indices, dtype=np.int64))
 
-    def _read(self, store_index: int, part: str, key: str, row: int) -> np.ndarray:
-        array = self._arrays.get((store_index, part, key))
-        if array is None:
+    # -- reading ----------------------------------------------------------
+    def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Windows `indices` (valid window numbers) as arrays [B, T, ...]."""
+        e = np.searchsorted(self._cumulative, indices, side="right")
+        rows = self._starts[e] + indices - self._before[e]
+        sources = self._source_of[e]
+        if len(indices) == 0:
+            arrays = {key: self._array(0, key)[0] for key in self.keys}
+            return {key: np.empty((0, self.window, *a.shape[1:]), dtype=a.dtype) for key, a in arrays.items()}
+        if len(self._sources) == 1:
+            groups = [(0, slice(None))]
+        else:
+            groups = [(int(s), np.flatnonzero(sources == s)) for s in np.unique(sources)]
+        batch = {}
+        plans: dict[tuple[int, int], _Plan] = {}  # arrays of one chunk length share a plan
+        for key in self.keys:
+            out = None
+            for source, members in groups:
+                array, length = self._array(source, key)
+                plan = plans.get((source, length))
+                if plan is None:
+                    plan = plans[(source, length)] = _Plan(rows[members], members, len(indices), length, self.window)
+                out = self._fill(out, source, key, array, plan)
+            batch[key] = out
+        return batch
+
+    def _array(self, source: int, key: str) -> tuple[object, int]:
+        """The zarr array of `key` in source `source` and its chunk length in time."""
+        found = self._arrays.get((source, key))
+        if found is None:
+            store_index, part = self._sources[source]
             array = self.stores[store_index].part(part)[f"data/{key}"]
-            self._arrays[(store_index, part, key)] = array
-        length = array.chunks[0]
-        first, last = row // length, (row + self.window - 1) // length
-        pieces = [self.cache.get((store_index, part, key, c), array, c) for c in range(first, last + 1)]
-        block = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        offset = row - first * length
-        return block[offset : offset + self.window]
+            found = self._arrays[(source, key)] = (array, int(array.chunks[0]))
+        return found
+
+    def _fill(self, out: np.ndarray | None, source: int, key: str, array, plan: _Plan) -> np.ndarray:
+        """Copy the windows of `plan` (one source) from `array` into `out`, allocated when None."""
+        store_index, part = self._sources[source]
+        window, length = self.window, plan.length
+        # Each chunk the batch touches is fetched once (from the cache or decoded) and held
+        # here until the batch is cut, whatever the cache evicts meanwhile.
+        blocks = self.cache.get_many((store_index, part, key), array, plan.needed)
+        if out is None:
+            sample = next(iter(blocks.values()))
+            out = np.empty((plan.batch_size, window, *sample.shape[1:]), dtype=sample.dtype)
+        for c, targets, offsets in plan.grouped:
+            out[targets] = blocks[c][offsets]
+        for t, c, o in plan.loop:
+            block = blocks[c]
+            if o + window <= length:
+                out[t] = block[o : o + window]
+                continue
+            done = length - o
+            out[t, :done] = block[o:]
+            while done < window:
+                c += 1
+                piece = blocks[c][: window - done]
+                out[t, done : done + len(piece)] = piece
+                done += len(piece)
+        return out
+
+
+class _Plan:
+    """How to cut a batch's windows (rows of one source) from chunks of `length` steps."""
+
+    def __init__(self, rows: np.ndarray, members, batch_size: int, length: int, window: int):
+        self.batch_size, self.length = batch_size, length
+        first = rows // length
+        last = (rows + window - 1) // length
+        if window <= length:
+            self.needed = np.unique(np.concatenate([first, last])).tolist()
+        else:
+            self.needed = sorted({c for f, l in zip(first.tolist(), last.tolist(), strict=True) for c in range(f, l + 1)})
+        target = np.arange(batch_size)[members]
+        offsets = rows - first * length
+        # (chunk, targets, row indices) for one fancy-index gather per chunk, worth it when
+        # many windows fall inside one chunk (small arrays in long chunks) ...
+        self.grouped: list[tuple[int, np.ndarray, np.ndarray]] = []
+        loop = np.ones(len(rows), dtype=bool)
+        if len(rows) > 2 * len(self.needed):
+            single = first == last
+            s_first, s_offsets, s_target = first[single], offsets[single], target[single]
+            order = np.argsort(s_first, kind="stable")
+            s_first, s_offsets, s_target = s_first[order], s_offsets[order], s_target[order]
+            chunk_ids, starts = np.unique(s_first, return_index=True)
+            bounds = [*starts.tolist(), len(s_first)]
+            steps = np.arange(window)
+            for j, c in enumerate(chunk_ids.tolist()):
+                lo, hi = bounds[j], bounds[j + 1]
+                self.grouped.append((c, s_target[lo:hi], s_offsets[lo:hi, None] + steps))
+            loop = ~single
+        # ... and (target, first chunk, offset) for one slice copy per window and chunk (images).
+        self.loop = list(zip(target[loop].tolist(), first[loop].tolist(), offsets[loop].tolist(), strict=True))
 
 
 def split_episodes(

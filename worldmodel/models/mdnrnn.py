@@ -18,6 +18,8 @@ tau, standard deviations scaled by sqrt(tau).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -230,24 +232,27 @@ class MDNRNN(nn.Module):
         self,
         out: MDNOutput,
         temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> Tensor:
         """Sample z_{t+1} [*lead, Z] from the mixture in out ([*lead, Z, K] tensors).
 
         As in the original code, the mixture logits are divided by the
         temperature and the standard deviations scaled by sqrt(temperature).
         torch.distributions' sample() takes no generator, so the component is
-        drawn with torch.multinomial and the noise with torch.randn, both from
-        `generator`, which makes dreams reproducible.
+        drawn by inverting the mixture CDF at a uniform and the noise with
+        torch.randn, both from `generator`, which makes dreams reproducible.
+        A sequence of generators, one per row of the batch, makes each row's
+        draw independent of what else shares the batch (the service batches
+        many sessions, each with its own seed).
         """
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         *lead, z, k = out.logits.shape
-        probs = torch.softmax(out.logits.float() / temperature, dim=-1).reshape(-1, k)
-        component = torch.multinomial(probs, 1, generator=generator).view(*lead, z, 1)
+        uniform, noise = _draw(tuple(lead) + (z,), generator, out.mu.device, out.mu.dtype)
+        cdf = torch.softmax(out.logits.float() / temperature, dim=-1).cumsum(-1)
+        component = torch.searchsorted(cdf, uniform.float()[..., None]).clamp(max=k - 1)
         mu = out.mu.gather(-1, component)[..., 0]
         sigma = out.log_sigma.gather(-1, component)[..., 0].exp() * math.sqrt(temperature)
-        noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
         return mu + sigma * noise
 
     def loss(
@@ -301,3 +306,23 @@ class MDNRNN(nn.Module):
             loss = loss + vector_loss
             logs["loss/vector"] = vector_loss.detach()
         return loss, logs
+
+
+def _draw(
+    shape: tuple[int, ...],
+    generator: torch.Generator | Sequence[torch.Generator] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """A uniform and a standard normal tensor of `shape`, from one generator or one per leading row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        uniform = torch.rand(shape, generator=generator, device=device, dtype=dtype)
+        return uniform, torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    generators = list(generator)
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
+    rows = [
+        (torch.rand(shape[1:], generator=g, device=device, dtype=dtype), torch.randn(shape[1:], generator=g, device=device, dtype=dtype))
+        for g in generators
+    ]
+    return torch.stack([u for u, _ in rows]), torch.stack([n for _, n in rows])

@@ -72,6 +72,9 @@ def launch(name: str, train_func: Callable[[dict], None], config: dict[str, Any]
     use_gpu = options.gpus_per_worker > 0
     resources = {"CPU": 1, **({"GPU": options.gpus_per_worker} if use_gpu else {})}
     config = {**config, "out": str(out), "name": name, "threads_per_worker": threads}
+    if options.resume and previous is not None:
+        # Train v2 dropped `resume_from_checkpoint`; the loop reads this when Ray has no checkpoint of its own.
+        config["resume_from"] = str(previous[0])
     trainer = TorchTrainer(
         train_func,
         train_loop_config=config,
@@ -82,7 +85,6 @@ def launch(name: str, train_func: Callable[[dict], None], config: dict[str, Any]
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=options.max_failures),
         ),
-        resume_from_checkpoint=ray.train.Checkpoint(str(previous[0])) if previous and options.resume else None,
     )
     result = trainer.fit()
     if result.error is not None:

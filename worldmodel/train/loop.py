@@ -68,9 +68,8 @@ def train_loop(
     torch.manual_seed(config["seed"] + rank)
     device = ray.train.torch.get_device()
 
-    start_step = 0
-    optimizer_state = None
-    checkpoint = ray.train.get_checkpoint()
+    start_step, optimizer_state = 0, None
+    checkpoint = _newest_checkpoint(config)
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             load_weights(model, Path(directory) / MODEL_FILE)
@@ -111,6 +110,24 @@ def train_loop(
                 _report(metrics, rank, model, optimizer, step)
     if bar is not None:
         bar.close()
+
+
+def _newest_checkpoint(config: dict[str, Any]):
+    """Ray's checkpoint (after a worker failure, or its own restore of the run) or the one
+    `--resume` found on disk, whichever is further along: a driver killed mid-run can leave
+    Ray's record of checkpoints behind the files."""
+    import ray.train
+
+    candidates = [ray.train.get_checkpoint()]
+    if config.get("resume_from"):
+        candidates.append(ray.train.Checkpoint(config["resume_from"]))
+
+    def step_of(checkpoint) -> int:
+        with checkpoint.as_directory() as directory:
+            return json.loads((Path(directory) / STATE_FILE).read_text())["step"]
+
+    found = [c for c in candidates if c is not None]
+    return max(found, key=step_of) if found else None
 
 
 def _report(metrics: dict, rank: int, model: nn.Module, optimizer, step: int) -> None:

@@ -36,7 +36,11 @@ def read_metrics(path: str | Path) -> list[dict[str, float]]:
     if not path.is_file():
         return []
     with path.open() as f:
-        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+        return [{k: _number(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
 def plot_metrics(csv_path: str | Path, png_path: str | Path, title: str) -> Path:

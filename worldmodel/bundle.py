@@ -1,0 +1,201 @@
+"""A bundle: a trained simulator on disk, complete and loadable without pickle.
+
+    BUNDLE/config.json            format, version, EnvSpec, model configs, versions, provenance
+    BUNDLE/vae.safetensors        V
+    BUNDLE/mdnrnn.safetensors     M
+    BUNDLE/contexts.safetensors   real start contexts from the training store:
+                                  frames [K, L, H, W, C] uint8, actions [K, L(, A)], vectors [K, L, D]
+    BUNDLE/controller.safetensors C, once one is trained (agents/)
+
+A dream starts from real observations, so a bundle carries K of them: with
+the contexts, the bundle alone is a complete simulator.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worldmodel.models.world import Context
+from worldmodel.spec import EnvSpec
+
+BUNDLE_FORMAT = "worldmodel.bundle"
+BUNDLE_VERSION = 1
+CONFIG_FILE = "config.json"
+CONTEXTS_FILE = "contexts.safetensors"
+VMC_FILES = {"vae": "vae.safetensors", "mdnrnn": "mdnrnn.safetensors"}
+CONTROLLER_FILE = "controller.safetensors"
+DEFAULT_CONTEXT_LENGTH = 4  # DIAMOND's L; V-M-C warms its LSTM on the first L-1 steps
+DEFAULT_CONTEXTS = 64
+
+
+class BundleError(ValueError):
+    """A bundle that is missing files or does not fit together."""
+
+
+def sample_contexts(stores, count: int, length: int, seed: int = 0) -> Context:
+    """The first `length` steps of `count` episodes drawn (with a seed) from the stores."""
+    refs = [(store, ref) for store in stores for ref in store.episodes if ref.length >= length]
+    if not refs:
+        raise BundleError(f"no episode in the store is {length} steps long: cannot take start contexts")
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(refs), size=count, replace=len(refs) < count)
+    frames, actions, vectors = [], [], []
+    for i in picks:
+        store, ref = refs[int(i)]
+        data = store.part(ref.part)["data"]
+        frames.append(np.asarray(data["image"][ref.start : ref.start + length]))
+        actions.append(np.asarray(data["action"][ref.start : ref.start + length]))
+        if store.spec.vector is not None:
+            vectors.append(np.asarray(data["vector"][ref.start : ref.start + length]))
+    return Context(np.stack(frames), np.stack(actions), np.stack(vectors) if vectors else None)
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("worldmodel", "torch", "diffusers", "gymnasium", "ray", "zarr"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_vmc_bundle(
+    out: str | Path,
+    vae_dir: str | Path,
+    mdnrnn_dir: str | Path,
+    stores: list[str],
+    *,
+    contexts: int = DEFAULT_CONTEXTS,
+    context_length: int = DEFAULT_CONTEXT_LENGTH,
+    seed: int = 0,
+) -> Path:
+    """Assemble a V-M-C bundle from two training runs' model directories and the training store(s)."""
+    from safetensors.torch import save_file
+    import torch
+
+    from worldmodel.data import EpisodeStore
+    from worldmodel.models.io import WEIGHTS_FILE, load_pretrained
+
+    vae = load_pretrained(vae_dir, expected="ConvVAE")
+    mdnrnn = load_pretrained(mdnrnn_dir, expected="MDNRNN")
+    m_saved = json.loads(Path(mdnrnn_dir, CONFIG_FILE).read_text())
+    v_saved = json.loads(Path(vae_dir, CONFIG_FILE).read_text())
+    spec = EnvSpec.from_dict(m_saved["spec"])
+    if EnvSpec.from_dict(v_saved["spec"]) != spec:
+        raise BundleError(f"{vae_dir} and {mdnrnn_dir} were trained on different specs")
+    if mdnrnn.config.latent_dim != vae.config.latent_dim:
+        raise BundleError(f"M expects z of {mdnrnn.config.latent_dim} dims, V makes {vae.config.latent_dim}")
+    opened = [EpisodeStore.open(s) for s in stores]
+    for store in opened:
+        if store.spec != spec:
+            raise BundleError(f"{store.location} holds another spec than the models were trained on")
+    start = sample_contexts(opened, contexts, context_length, seed)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, directory in (("vae", vae_dir), ("mdnrnn", mdnrnn_dir)):
+        (out / VMC_FILES[name]).write_bytes(Path(directory, WEIGHTS_FILE).read_bytes())
+    tensors = {"frames": torch.from_numpy(start.frames), "actions": torch.from_numpy(start.actions)}
+    if start.vectors is not None:
+        tensors["vectors"] = torch.from_numpy(start.vectors)
+    save_file(tensors, str(out / CONTEXTS_FILE))
+    config = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "spec": spec.to_dict(),
+        "backends": ["vmc"],
+        "context_length": context_length,
+        "vmc": {
+            "vae": vae.config.to_dict(),
+            "mdnrnn": mdnrnn.config.to_dict(),
+            "vector_norm": m_saved["training"]["vector_norm"],
+        },
+        "versions": versions(),
+        "provenance": {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "stores": [s.location for s in opened],
+            "vae": v_saved.get("training", {}),
+            "mdnrnn": m_saved.get("training", {}),
+        },
+    }
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+    return out
+
+
+def read_bundle_config(path: str | Path) -> dict[str, Any]:
+    """config.json of a bundle, checked for format and version, with the spec parsed."""
+    path = Path(path)
+    config_path = path / CONFIG_FILE
+    if not config_path.is_file():
+        raise BundleError(f"{path} is not a bundle: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{config_path} is not valid JSON: {err}") from err
+    if config.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path} is not a worldmodel bundle (format {config.get('format')!r})")
+    if config.get("version") != BUNDLE_VERSION:
+        raise BundleError(f"{path} is bundle version {config.get('version')}; this worldmodel reads {BUNDLE_VERSION}")
+    config["spec"] = EnvSpec.from_dict(config["spec"])
+    return config
+
+
+def read_contexts(path: str | Path) -> Context:
+    from safetensors.numpy import load_file
+
+    file = Path(path) / CONTEXTS_FILE
+    if not file.is_file():
+        raise BundleError(f"{path} has no start contexts ({CONTEXTS_FILE} is missing)")
+    tensors = load_file(str(file))
+    return Context(tensors["frames"], tensors["actions"], tensors.get("vectors"))
+
+
+def check_file(path: str | Path, name: str) -> Path:
+    file = Path(path) / name
+    if not file.is_file():
+        raise BundleError(f"bundle {path} is incomplete: {name} is missing")
+    return file
+
+
+BACKENDS = ("vmc", "diffusion")
+
+
+def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", temperature: float = 1.0):
+    """The WorldModel of a bundle, with its start contexts as `.contexts`. Nothing is unpickled."""
+    from worldmodel.models import MDNRNN, ConvVAE, MDNRNNConfig, VAEConfig
+    from worldmodel.models.io import load_weights
+    from worldmodel.models.world import VMCWorldModel
+
+    if backend not in BACKENDS:
+        raise BundleError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"no bundle at {path}: not a directory")
+    config = read_bundle_config(path)
+    if backend not in config["backends"]:
+        raise BundleError(f"bundle {path} has no {backend!r} backend; it has {', '.join(config['backends'])}")
+    spec = config["spec"]
+    try:
+        vae = ConvVAE(VAEConfig.from_dict(config["vmc"]["vae"]))
+        mdnrnn = MDNRNN(MDNRNNConfig.from_dict(config["vmc"]["mdnrnn"]))
+        load_weights(vae, check_file(path, VMC_FILES["vae"]))
+        load_weights(mdnrnn, check_file(path, VMC_FILES["mdnrnn"]))
+    except (KeyError, TypeError) as err:
+        raise BundleError(f"bundle {path} has a malformed config: {err}") from err
+    except ValueError as err:
+        raise BundleError(f"bundle {path}: {err}") from err
+    model = VMCWorldModel(
+        spec, vae, mdnrnn, vector_norm=config["vmc"].get("vector_norm"), temperature=temperature, device=device
+    )
+    model.contexts = read_contexts(path)
+    model.bundle_path = path
+    model.bundle_config = config
+    return model
