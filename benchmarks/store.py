@@ -6,7 +6,8 @@ their targets, then as one line of JSON:
 1. collection steps/s with 2 Ray workers vs 1: the same episodes (same seeds,
    same max steps) of CarRacing-v3, each a `envs.collect.collect` call timed
    after Ray is up and its worker processes are warm (Ray startup and a warm-up
-   call are timed and reported separately, not counted).   target >= 1.8x
+   call are timed and reported separately, not counted); 1- and 2-worker calls
+   alternate, the best of each counts.                      target >= 1.8x
 2. windows/s sampling T=16, batch 64 with `WindowSampler` from a store of real
    CarRacing episodes (>= 20,000 frames) vs the same windows (same rng) cut from
    the same data held in RAM as numpy arrays; cold (fresh sampler, empty chunk
@@ -43,6 +44,15 @@ TARGET_STORE_VS_RAM = 0.5
 TARGET_COMPRESSION = 6.0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the empty ones (None, False) that the help text explains."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="benchmarks/store.py",
@@ -54,12 +64,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         ),
         epilog=(
             "Reads: --store when given (else nothing). Writes: only under --workdir (a temp dir by default): "
-            "warmup.zarr, ratio-1w.zarr, store.zarr; removed at the end unless --keep; plus Ray's own session "
-            "files. Takes: about 3 minutes on 2 CPUs with the defaults (Ray startup ~5 s, the 1-vs-2-worker "
-            "collections ~40 s, topping the store up to 20,000 frames ~60 s, sampling ~30 s); with "
-            "--store S --ratio-episodes 0 (reuse a store, skip collection), about 30 s."
+            "store.zarr (the sampled store, >= --frames frames, ~45 MB) and scratch stores; removed at the end "
+            "unless --keep; plus Ray's own session files. Takes: about 3 minutes on 2 idle CPUs with the defaults "
+            "(Ray startup ~8 s, 2 x (1-worker + 2-worker) collections of 4,000 steps ~70 s, topping the store up "
+            "to 20,000 frames ~60 s, sampling ~15 s); with --store S --ratio-episodes 0 (reuse a store, skip "
+            "collection) about 15 s. Other load on the machine slows the collections most."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--env", default="CarRacing-v3", help="source env id to collect")
     parser.add_argument("--workdir", default=None, help="where stores are written (default: a new temp dir)")
@@ -70,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--ratio-episodes", type=int, default=4, help="episodes of each 1- and 2-worker collection (0: skip it)"
     )
+    parser.add_argument("--ratio-repeats", type=int, default=2,
+                        help="1- and N-worker collections, alternated; the best of each is reported")
     parser.add_argument("--workers", type=int, default=2, help="workers of the parallel collections")
     parser.add_argument("--window", type=int, default=16, help="window length T")
     parser.add_argument("--batch", type=int, default=64, help="windows per batch")
@@ -78,8 +91,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="warm runs per sampler (the median is reported)")
     parser.add_argument("--seed", type=int, default=0, help="seed of episodes and of sampling")
     args = parser.parse_args(argv)
-    if args.ratio_episodes < 0 or args.frames < 1 or args.episode_steps < 1 or args.workers < 2:
-        parser.error("--ratio-episodes must be >= 0, --frames and --episode-steps >= 1, --workers >= 2")
+    if args.ratio_episodes < 0 or args.workers < 2:
+        parser.error("--ratio-episodes must be >= 0 and --workers >= 2")
+    for name in ("frames", "episode_steps", "ratio_repeats", "window", "batch", "cold_batches", "warm_batches", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
 
@@ -102,17 +118,25 @@ def measure_collection(args, workdir: str, store_path: str | None) -> dict:
         collect(args.env, os.path.join(workdir, "warmup.zarr"), episodes=args.workers, max_steps=20,
                 workers=args.workers, seed=args.seed + 1000, show_progress=False)
         figures["warmup_s"] = time.perf_counter() - start
-        runs = {}
-        for workers, out in ((1, os.path.join(workdir, "ratio-1w.zarr")),
-                             (args.workers, store_path or os.path.join(workdir, f"ratio-{args.workers}w.zarr"))):
-            print(f"  collecting {args.ratio_episodes} x {args.episode_steps} steps of {args.env} "
-                  f"with {workers} worker(s) ...", flush=True)
-            summary = collect(args.env, out, episodes=args.ratio_episodes, max_steps=args.episode_steps,
-                              workers=workers, seed=args.seed, show_progress=False)
-            runs[workers] = summary
-            print(f"    {summary.steps} steps in {summary.seconds:.1f} s = {summary.steps_per_second:.1f} steps/s; "
-                  f"tasks {', '.join(f'{p.steps} steps/{p.seconds:.1f} s' for p in summary.parts)}", flush=True)
-        one, many = runs[1], runs[args.workers]
+        figures["collect_load_avg"] = os.getloadavg()[0]
+        runs: dict[int, list] = {1: [], args.workers: []}
+        for r in range(args.ratio_repeats):
+            for workers in (1, args.workers):
+                # The first N-worker run seeds the sampled store; the others are scratch, removed at once.
+                keep = store_path is not None and workers > 1 and r == 0
+                out = store_path if keep else os.path.join(workdir, f"ratio-{workers}w.zarr")
+                print(f"  collecting {args.ratio_episodes} x {args.episode_steps} steps of {args.env} "
+                      f"with {workers} worker(s) ...", flush=True)
+                summary = collect(args.env, out, episodes=args.ratio_episodes, max_steps=args.episode_steps,
+                                  workers=workers, seed=args.seed, show_progress=False)
+                if not keep:
+                    shutil.rmtree(out, ignore_errors=True)
+                runs[workers].append(summary)
+                print(f"    {summary.steps} steps in {summary.seconds:.1f} s = {summary.steps_per_second:.1f} steps/s; "
+                      f"tasks {', '.join(f'{p.steps} steps/{p.seconds:.1f} s' for p in summary.parts)}", flush=True)
+        # Best of the repeats: other load on the machine only ever slows a run down.
+        one = max(runs[1], key=lambda s: s.steps_per_second)
+        many = max(runs[args.workers], key=lambda s: s.steps_per_second)
         if one.steps != many.steps:
             print(f"  note: the runs differ in steps ({one.steps} vs {many.steps})", flush=True)
         figures.update(
@@ -188,11 +212,8 @@ class RamSampler:
         flat = rows.ravel()
         return {k: np.take(a, flat, axis=0).reshape(*rows.shape, *a.shape[1:]) for k, a in self.arrays.items()}
 
-
-class StackRamSampler(RamSampler):
-    """The same, cutting each window by a slice and stacking them (a second, plainer baseline)."""
-
-    def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    def sample_stack(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """The same batch cut window by window, a slice each, then stacked (a plainer baseline)."""
         indices = rng.integers(0, len(self), size=batch_size)
         e = np.searchsorted(self.cumulative, indices, side="right")
         rows = (self.starts[e] + indices - self.before[e]).tolist()
@@ -200,11 +221,12 @@ class StackRamSampler(RamSampler):
         return {k: np.stack([a[r : r + w] for r in rows]) for k, a in self.arrays.items()}
 
 
-def windows_per_second(sampler, batches: int, batch: int, seed: int) -> float:
+def windows_per_second(sample, batches: int, batch: int, seed: int) -> float:
+    """Windows per second of `batches` calls of sample(batch, rng), rng seeded by `seed`."""
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     for _ in range(batches):
-        sampler.sample(batch, rng)
+        sample(batch, rng)
     return batches * batch / (time.perf_counter() - start)
 
 
@@ -221,11 +243,9 @@ def chunks_in(sampler: WindowSampler) -> int:
 
 def measure_sampling(args, store: EpisodeStore) -> dict:
     T, B = args.window, args.batch
-    figures: dict = {}
+    figures: dict = {"sample_load_avg": os.getloadavg()[0]}
     start = time.perf_counter()
     ram = RamSampler(store, T, WindowSampler(store, T).keys)
-    stack = StackRamSampler.__new__(StackRamSampler)
-    stack.__dict__.update(ram.__dict__)
     figures["ram_load_s"] = time.perf_counter() - start
     figures["ram_mib"] = sum(a.nbytes for a in ram.arrays.values()) / 2**20
 
@@ -238,8 +258,8 @@ def measure_sampling(args, store: EpisodeStore) -> dict:
 
     # Cold: a fresh sampler, nothing decoded yet (the files may be in the OS page cache).
     sampler = WindowSampler(store, T)
-    figures["store_cold"] = windows_per_second(sampler, args.cold_batches, B, args.seed + 1)
-    figures["ram_cold"] = windows_per_second(ram, args.cold_batches, B, args.seed + 1)
+    figures["store_cold"] = windows_per_second(sampler.sample, args.cold_batches, B, args.seed + 1)
+    figures["ram_cold"] = windows_per_second(ram.sample, args.cold_batches, B, args.seed + 1)
     figures["cold_decoded_chunks"] = sampler.cache.misses
 
     # Fill: keep sampling until the cache holds every chunk (or stops gaining any).
@@ -251,16 +271,16 @@ def measure_sampling(args, store: EpisodeStore) -> dict:
         sampler.sample(B, rng)
         batches += 1
         quiet = quiet + 1 if sampler.cache.misses == before else 0
-    figures.update(fill_s=time.perf_counter() - start, fill_batches=batches, chunks_cached=len(sampler.cache._chunks),
+    figures.update(fill_s=time.perf_counter() - start, fill_batches=batches, chunks_decoded=sampler.cache.misses,
                    chunks_total=total, cache_mib=sampler.cache.nbytes / 2**20)
 
     # Warm: alternate the samplers, same seeds, median of the repeats.
     runs: dict[str, list[float]] = {"store": [], "ram": [], "ram_stack": []}
     for r in range(args.repeats):
         seed = args.seed + 10 + r
-        runs["ram"].append(windows_per_second(ram, args.warm_batches, B, seed))
-        runs["store"].append(windows_per_second(sampler, args.warm_batches, B, seed))
-        runs["ram_stack"].append(windows_per_second(stack, args.warm_batches, B, seed))
+        runs["ram"].append(windows_per_second(ram.sample, args.warm_batches, B, seed))
+        runs["store"].append(windows_per_second(sampler.sample, args.warm_batches, B, seed))
+        runs["ram_stack"].append(windows_per_second(ram.sample_stack, args.warm_batches, B, seed))
     for name, values in runs.items():
         figures[f"{name}_warm"] = statistics.median(values)
     figures["store_vs_ram_cold"] = figures["store_cold"] / figures["ram_cold"]
@@ -287,6 +307,8 @@ def print_table(args, f: dict, store: EpisodeStore, wall: float) -> None:
         ]
     else:
         rows.append(("collect speedup", "skipped", f">= {TARGET_SPEEDUP}x", "-"))
+    if "fill_steps_per_s" in f:
+        rows.append((f"collect, {args.workers} workers, store fill (steps/s)", f"{f['fill_steps_per_s']:.1f}", "", ""))
     rows += [
         (f"sample T={T} B={B}, RAM cold (win/s)", f"{f['ram_cold']:,.0f}", "", ""),
         (f"sample T={T} B={B}, store cold (win/s)", f"{f['store_cold']:,.0f}", "", ""),
@@ -309,15 +331,17 @@ def print_table(args, f: dict, store: EpisodeStore, wall: float) -> None:
         print(f"{name:<{width}}  {figure:>10}  {target:>8}  {result}")
     notes = []
     if "collect_speedup" in f:
-        notes.append(f"collect: {f['collect_steps']} steps per run; Ray startup {f['ray_start_s']:.1f} s and a "
+        notes.append(f"collect: {f['collect_steps']} steps per run, best of {args.ratio_repeats}; Ray startup {f['ray_start_s']:.1f} s and a "
                      f"warm-up call {f['warmup_s']:.1f} s not counted; longest {args.workers}-worker task "
-                     f"{f['collect_nw_task_s']:.1f} s of the {f['collect_nw_s']:.1f} s call")
+                     f"{f['collect_nw_task_s']:.1f} s of the {f['collect_nw_s']:.1f} s call; load average "
+                     f"{f['collect_load_avg']:.1f} before (Ray workers run niced: other load slows them)")
     notes.append(f"cold: fresh sampler, empty chunk cache, {f['cold_decoded_chunks']} chunks decoded in "
                  f"{args.cold_batches} batches (files in the OS page cache); fill: {f['fill_batches']} more batches, "
-                 f"{f['fill_s']:.1f} s, to cache {f['chunks_cached']}/{f['chunks_total']} chunks "
+                 f"{f['fill_s']:.1f} s, to decode {f['chunks_decoded']}/{f['chunks_total']} chunks "
                  f"({f['cache_mib']:.0f} MiB)")
     notes.append(f"warm: median of {args.repeats} x {args.warm_batches} batches; RAM = the same windows from "
-                 f"{f['ram_mib']:.0f} MiB of numpy arrays (np.take gather)")
+                 f"{f['ram_mib']:.0f} MiB of numpy arrays (np.take gather); load average {f['sample_load_avg']:.1f} "
+                 "before sampling")
     for note in notes:
         print(f"  {note}")
 

@@ -44,9 +44,9 @@ class ChunkCache:
             self.nbytes -= old.nbytes
         return block
 
-    def get_many(self, prefix: tuple, array, chunks: Sequence[int]) -> dict[int, np.ndarray]:
-        """{chunk: block} for chunks `chunks` of `array`, cached under keys (*prefix, chunk)."""
-        found, touch, blocks = self._chunks.get, self._chunks.move_to_end, {}
+    def get_many(self, prefix: tuple, array, chunks: Sequence[int]) -> list[np.ndarray]:
+        """Chunks `chunks` of `array` (cached under keys (*prefix, chunk)), in that order."""
+        found, touch, blocks = self._chunks.get, self._chunks.move_to_end, []
         for chunk in chunks:
             key = (*prefix, chunk)
             block = found(key)
@@ -55,7 +55,7 @@ class ChunkCache:
             else:
                 touch(key)
                 self.hits += 1
-            blocks[chunk] = block
+            blocks.append(block)
         return blocks
 
 
@@ -105,7 +105,9 @@ class WindowSampler:
         self._sources: list[tuple[int, str]] = list(source_ids)
         self._source_of = np.array([source_ids[(s, ref.part)] for s, ref in self.episodes], dtype=np.int64)
         self.cache = ChunkCache(cache_bytes)
-        self._arrays: dict[tuple[int, str, str], tuple[object, int]] = {}
+        self._arrays: dict[tuple[int, str], object] = {}  # (source, key) -> zarr array, opened on first use
+        # Per key, the chunk length in time of its array in each source (0: not opened yet).
+        self._lengths = {key: np.zeros(len(self._sources), dtype=np.int64) for key in self.keys}
 
     def __len__(self) -> int:
         return int(self._cumulative[-1]) if len(self._cumulative) else 0
@@ -135,96 +137,111 @@ class WindowSampler:
     # -- reading ----------------------------------------------------------
     def _gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Windows `indices` (valid window numbers) as arrays [B, T, ...]."""
+        if len(indices) == 0:
+            arrays = {key: self._array(0, key) for key in self.keys}
+            return {key: np.empty((0, self.window, *a.shape[1:]), dtype=a.dtype) for key, a in arrays.items()}
         e = np.searchsorted(self._cumulative, indices, side="right")
         rows = self._starts[e] + indices - self._before[e]
         sources = self._source_of[e]
-        if len(indices) == 0:
-            arrays = {key: self._array(0, key)[0] for key in self.keys}
-            return {key: np.empty((0, self.window, *a.shape[1:]), dtype=a.dtype) for key, a in arrays.items()}
-        if len(self._sources) == 1:
-            groups = [(0, slice(None))]
-        else:
-            groups = [(int(s), np.flatnonzero(sources == s)) for s in np.unique(sources)]
         batch = {}
-        plans: dict[tuple[int, int], _Plan] = {}  # arrays of one chunk length share a plan
+        plans: dict[bytes, _Plan] = {}  # arrays chunked alike share one plan
         for key in self.keys:
-            out = None
-            for source, members in groups:
-                array, length = self._array(source, key)
-                plan = plans.get((source, length))
-                if plan is None:
-                    plan = plans[(source, length)] = _Plan(rows[members], members, len(indices), length, self.window)
-                out = self._fill(out, source, key, array, plan)
-            batch[key] = out
+            lengths = self._lengths[key]
+            lengths_here = lengths[sources]
+            if not lengths_here.all():
+                for source in np.unique(sources[lengths_here == 0]).tolist():
+                    lengths[source] = self._array(source, key).chunks[0]
+                lengths_here = lengths[sources]
+            signature = lengths_here.tobytes()
+            plan = plans.get(signature)
+            if plan is None:
+                plan = plans[signature] = _Plan(rows, sources, lengths_here, self.window)
+            batch[key] = self._cut(key, plan)
         return batch
 
-    def _array(self, source: int, key: str) -> tuple[object, int]:
-        """The zarr array of `key` in source `source` and its chunk length in time."""
-        found = self._arrays.get((source, key))
-        if found is None:
+    def _array(self, source: int, key: str):
+        """The zarr array of `key` in source `source` (a (store, part) pair)."""
+        array = self._arrays.get((source, key))
+        if array is None:
             store_index, part = self._sources[source]
-            array = self.stores[store_index].part(part)[f"data/{key}"]
-            found = self._arrays[(source, key)] = (array, int(array.chunks[0]))
-        return found
+            array = self._arrays[(source, key)] = self.stores[store_index].part(part)[f"data/{key}"]
+        return array
 
-    def _fill(self, out: np.ndarray | None, source: int, key: str, array, plan: _Plan) -> np.ndarray:
-        """Copy the windows of `plan` (one source) from `array` into `out`, allocated when None."""
-        store_index, part = self._sources[source]
-        window, length = self.window, plan.length
+    def _cut(self, key: str, plan: _Plan) -> np.ndarray:
+        """The windows of `plan` from the arrays of `key`, as one array [B, T, ...]."""
         # Each chunk the batch touches is fetched once (from the cache or decoded) and held
         # here until the batch is cut, whatever the cache evicts meanwhile.
-        blocks = self.cache.get_many((store_index, part, key), array, plan.needed)
-        if out is None:
-            sample = next(iter(blocks.values()))
-            out = np.empty((plan.batch_size, window, *sample.shape[1:]), dtype=sample.dtype)
-        for c, targets, offsets in plan.grouped:
-            out[targets] = blocks[c][offsets]
-        for t, c, o in plan.loop:
-            block = blocks[c]
+        blocks: dict[int, np.ndarray] = {}
+        for source, chunks, codes in plan.needed:
+            store_index, part = self._sources[source]
+            blocks.update(zip(codes, self.cache.get_many((store_index, part, key), self._array(source, key), chunks)))
+        sample = blocks[plan.needed[0][2][0]]
+        window = self.window
+        out = np.empty((plan.batch_size, window, *sample.shape[1:]), dtype=sample.dtype)
+        for code, targets, offsets in plan.grouped:
+            out[targets] = blocks[code][offsets]
+        for t, code, o, length in plan.loop:
+            block = blocks[code]
             if o + window <= length:
                 out[t] = block[o : o + window]
                 continue
             done = length - o
             out[t, :done] = block[o:]
             while done < window:
-                c += 1
-                piece = blocks[c][: window - done]
+                code += 1
+                piece = blocks[code][: window - done]
                 out[t, done : done + len(piece)] = piece
                 done += len(piece)
         return out
 
 
 class _Plan:
-    """How to cut a batch's windows (rows of one source) from chunks of `length` steps."""
+    """How to cut a batch of windows from chunked arrays: which chunks, and which slice of each.
 
-    def __init__(self, rows: np.ndarray, members, batch_size: int, length: int, window: int):
-        self.batch_size, self.length = batch_size, length
-        first = rows // length
-        last = (rows + window - 1) // length
-        if window <= length:
-            self.needed = np.unique(np.concatenate([first, last])).tolist()
+    A chunk is named by one int, code = source << 32 | chunk index, so consecutive chunks
+    of one source have consecutive codes.
+    """
+
+    def __init__(self, rows: np.ndarray, sources: np.ndarray, lengths: np.ndarray, window: int):
+        self.batch_size = len(rows)
+        first = rows // lengths
+        last = (rows + window - 1) // lengths
+        base = sources << 32
+        if window <= lengths.min():  # a window touches one chunk or two
+            needed = np.unique(np.concatenate([base + first, base + last]))
         else:
-            self.needed = sorted({c for f, l in zip(first.tolist(), last.tolist(), strict=True) for c in range(f, l + 1)})
-        target = np.arange(batch_size)[members]
-        offsets = rows - first * length
-        # (chunk, targets, row indices) for one fancy-index gather per chunk, worth it when
-        # many windows fall inside one chunk (small arrays in long chunks) ...
+            needed = np.unique(np.concatenate([np.arange(b + f, b + l + 1) for b, f, l in zip(base, first, last, strict=True)]))
+        # (source, chunk indices, codes), one entry per source, for the cache.
+        self.needed: list[tuple[int, list[int], list[int]]] = []
+        owners = needed >> 32
+        splits = np.flatnonzero(np.diff(owners)) + 1
+        for group in np.split(needed, splits):
+            source = int(group[0] >> 32)
+            self.needed.append((source, (group - (source << 32)).tolist(), group.tolist()))
+        codes = base + first
+        offsets = rows - first * lengths
+        target = np.arange(len(rows))
+        # (code, targets, row indices): one fancy-index gather per chunk for the windows inside
+        # it, worth it when many windows share a chunk (small arrays in long chunks) ...
         self.grouped: list[tuple[int, np.ndarray, np.ndarray]] = []
         loop = np.ones(len(rows), dtype=bool)
-        if len(rows) > 2 * len(self.needed):
+        if len(rows) > 2 * len(needed):
             single = first == last
-            s_first, s_offsets, s_target = first[single], offsets[single], target[single]
-            order = np.argsort(s_first, kind="stable")
-            s_first, s_offsets, s_target = s_first[order], s_offsets[order], s_target[order]
-            chunk_ids, starts = np.unique(s_first, return_index=True)
-            bounds = [*starts.tolist(), len(s_first)]
+            s_codes, s_offsets, s_target = codes[single], offsets[single], target[single]
+            order = np.argsort(s_codes, kind="stable")
+            s_codes, s_offsets, s_target = s_codes[order], s_offsets[order], s_target[order]
+            chunk_codes, starts = np.unique(s_codes, return_index=True)
+            bounds = [*starts.tolist(), len(s_codes)]
             steps = np.arange(window)
-            for j, c in enumerate(chunk_ids.tolist()):
+            for j, code in enumerate(chunk_codes.tolist()):
                 lo, hi = bounds[j], bounds[j + 1]
-                self.grouped.append((c, s_target[lo:hi], s_offsets[lo:hi, None] + steps))
+                self.grouped.append((code, s_target[lo:hi], s_offsets[lo:hi, None] + steps))
             loop = ~single
-        # ... and (target, first chunk, offset) for one slice copy per window and chunk (images).
-        self.loop = list(zip(target[loop].tolist(), first[loop].tolist(), offsets[loop].tolist(), strict=True))
+        # ... and (target, first chunk's code, offset, chunk length): one slice copy per window
+        # and chunk it covers (images: few windows per chunk).
+        self.loop = list(
+            zip(target[loop].tolist(), codes[loop].tolist(), offsets[loop].tolist(), lengths[loop].tolist(), strict=True)
+        )
 
 
 def split_episodes(

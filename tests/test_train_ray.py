@@ -1,0 +1,121 @@
+"""Training survives a kill and resumes; the same command runs under `ray job submit`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from worldmodel.train.launcher import latest_checkpoint
+from worldmodel.train.metrics import read_metrics
+
+WORLDMODEL = [sys.executable, "-m", "worldmodel.cli"]
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the process exited ({proc.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_killed_training_resumes_from_its_checkpoint(cartpole_store, tmp_path):
+    run = tmp_path / "vae"
+    train = [*WORLDMODEL, "train", "vae", "--store", cartpole_store, "--out", str(run), "--preset", "tiny"]
+    proc = subprocess.Popen([*train, "--max-steps", "100000"], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: latest_checkpoint(run) is not None, 180, "a first checkpoint", proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait(timeout=60)
+    _, killed_at = latest_checkpoint(run)
+    assert killed_at >= 10
+
+    refused = subprocess.run([*train, "--max-steps", str(killed_at + 20)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    subprocess.run([*train, "--max-steps", str(killed_at + 20), "--resume"], check=True, capture_output=True)
+    steps = [row["step"] for row in read_metrics(run / "metrics.csv")]
+    assert steps == list(range(5, killed_at + 21, 5))  # nothing repeated, nothing missing
+    assert latest_checkpoint(run)[1] == killed_at + 20
+    assert (run / "model" / "model.safetensors").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(420)
+def test_ray_job_submit_runs_the_same_command(cartpole_store, tmp_path):
+    import ray
+
+    if ray.is_initialized():  # one Ray per machine is enough on 2 cores; later tests start theirs again
+        ray.shutdown()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # job entrypoints run in the head's environment
+    dashboard = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="wmray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
+         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+         f"--temp-dir={temp_dir}", "--include-dashboard=true"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    run = tmp_path / "job-run"
+    try:
+        _wait_for(lambda: subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
+                                         capture_output=True).returncode == 0, 120, "the Ray head", head)
+        submitted = subprocess.run(
+            [ray_bin, "job", "submit", "--address", address, "--no-wait", "--", "worldmodel", "train", "vae",
+             "--store", cartpole_store, "--out", str(run), "--preset", "tiny", "--max-steps", "10"],
+            env=env, capture_output=True, text=True, check=True,
+        )
+        job_id = next(line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line)
+
+        def status() -> str:
+            done = subprocess.run([ray_bin, "job", "status", "--address", address, job_id], env=env,
+                                  capture_output=True, text=True)
+            text = (done.stdout + done.stderr).lower()  # "Job '...' succeeded" / "failed" / "stopped"
+            return next((s for s in ("succeeded", "failed", "stopped") if f"' {s}" in text), "")
+
+        _wait_for(lambda: status() != "", 300, "the job to finish")
+        logs = subprocess.run([ray_bin, "job", "logs", "--address", address, job_id], env=env,
+                              capture_output=True, text=True).stdout
+        assert status() == "succeeded", logs[-3000:]
+        assert "Started a local Ray instance" not in logs  # it joined the cluster
+        assert latest_checkpoint(run)[1] == 10
+        config = json.loads((run / "model" / "config.json").read_text())
+        assert config["class"] == "ConvVAE"
+    finally:
+        _stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _stop_head(head: subprocess.Popen) -> None:
+    """`ray start --block` takes its processes down with it on SIGTERM; SIGKILL the group if it lingers."""
+    if head.poll() is not None:
+        return
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(timeout=30)
