@@ -102,6 +102,33 @@ def cmd_eval_model(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=2) if args.json else format_vmc_report(result))
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    import asyncio
+    import logging
+
+    from services.batcher import BatcherConfig
+    from services.server import ServerConfig, parse_model_args, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.allow_remote:
+        raise CliError(f"refusing to bind {args.host}: pass --allow-remote to serve beyond this machine")
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        raise CliError(f"--token-env {args.token_env}: that variable is empty or unset")
+    config = ServerConfig(
+        host=args.host, port=args.port, max_sessions=args.max_sessions, max_envs_per_session=args.max_envs,
+        idle_ttl_s=args.idle_ttl, max_message_bytes=args.max_message_mb << 20, token=token,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, device=args.device,
+        batcher=BatcherConfig(window_s=args.batch_window_ms / 1000, max_batch_envs=args.max_batch_envs,
+                              enabled=not args.no_batching),
+    )
+
+    def ready(running) -> None:
+        print(f"serving on {args.host}:{running.port}", flush=True)
+
+    asyncio.run(serve(parse_model_args(args.bundles), config, on_ready=ready))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     # The full demo (train, dream, serve, report) builds on later stages;
     # for now it shows the foundation: real collection into a store.
@@ -207,6 +234,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for the GIF of real frames beside V's reconstructions")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval_model)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve bundles over gRPC (worldmodel.v1.Simulator, health, reflection)",
+        description="Reads: the bundles. Writes: nothing (logs to stderr). Runs until SIGTERM/SIGINT, then "
+        "drains in-flight calls. Start-up: a few seconds per bundle.",
+    )
+    p.add_argument("bundles", nargs="+", metavar="[NAME=]BUNDLE", help="bundle directories (named after the directory by default)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port (printed)")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding beyond loopback")
+    p.add_argument("--max-sessions", type=int, default=1024)
+    p.add_argument("--max-envs", type=int, default=1024, help="envs per session at most")
+    p.add_argument("--idle-ttl", type=float, default=600.0, help="seconds before an idle session is evicted")
+    p.add_argument("--max-message-mb", type=int, default=64)
+    p.add_argument("--batch-window-ms", type=float, default=2.0, help="dynamic batching window")
+    p.add_argument("--max-batch-envs", type=int, default=1024, help="a batch closes at this many envs")
+    p.add_argument("--no-batching", action="store_true", help="step every request alone (for comparison)")
+    p.add_argument("--token-env", default=None, help="name of an environment variable holding the bearer token")
+    p.add_argument("--tls-cert", default=None)
+    p.add_argument("--tls-key", default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "demo",

@@ -57,7 +57,9 @@ class WorldModel(Protocol):
 
     def initial_state(self, context: Context) -> State: ...
 
-    def step(self, state: State, action: Tensor, generator: torch.Generator | None = None) -> tuple[State, Transition]: ...
+    def step(
+        self, state: State, action: Tensor, generator=None, temperature: float | None = None
+    ) -> tuple[State, Transition]: ...
 
 
 def cat_states(states: list[State]) -> State:
@@ -188,19 +190,25 @@ class VMCWorldModel:
 
     @torch.no_grad()
     def step_latent(
-        self, state: State, action: Tensor, generator: torch.Generator | None = None
+        self, state: State, action: Tensor, generator=None, temperature: float | None = None
     ) -> tuple[State, Tensor, Tensor]:
-        """The fast path agents use: no decoding. Returns (next state, reward [B], terminated [B])."""
+        """The fast path agents use: no decoding. Returns (next state, reward [B], terminated [B]).
+
+        `generator`: one torch.Generator, or one per row; `temperature` overrides the model's tau.
+        """
         action = check_actions(self.spec, action, state["z"].shape[0], self.device)
+        tau = self.temperature if temperature is None else temperature
         out, (h, c) = self.mdnrnn.step(state["z"], action, state.get("vector"), (state["h"][None], state["c"][None]))
-        next_state = {"z": self.mdnrnn.sample_next_z(out, self.temperature, generator), "h": h[0], "c": c[0]}
+        next_state = {"z": self.mdnrnn.sample_next_z(out, tau, generator), "h": h[0], "c": c[0]}
         if out.vector is not None:
             next_state["vector"] = out.vector
         return next_state, out.reward.float(), out.termination_logit > 0
 
     @torch.no_grad()
-    def step(self, state: State, action: Tensor, generator: torch.Generator | None = None) -> tuple[State, Transition]:
-        next_state, reward, terminated = self.step_latent(state, action, generator)
+    def step(
+        self, state: State, action: Tensor, generator=None, temperature: float | None = None
+    ) -> tuple[State, Transition]:
+        next_state, reward, terminated = self.step_latent(state, action, generator, temperature)
         return next_state, Transition(self.decode(next_state["z"]), self.vector_of(next_state), reward, terminated)
 
     def vector_of(self, state: State) -> Tensor | None:

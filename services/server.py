@@ -1,0 +1,296 @@
+"""The gRPC simulation service: `worldmodel serve BUNDLE...` (grpc.aio).
+
+Sessions hold world-model states; step calls of all sessions on one model are
+fused by a dynamic batcher. Standard health checking and reflection. Every
+bad request gets a status that says what is wrong and harms no other session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services import wire
+from services.batcher import BatcherConfig
+from services.sessions import LimitError, ServedModel, SessionRegistry, UnknownError, load_served_model
+from worldmodel.session import DreamBatch
+from worldmodel.v1 import simulator_pb2 as pb
+from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
+
+log = logging.getLogger("worldmodel.serve")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Simulator"].full_name
+OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # reachable without a token
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    """Bind address; only loopback unless asked otherwise."""
+    port: int = 50051
+    """0 picks a free port."""
+    max_sessions: int = 1024
+    max_envs_per_session: int = 1024
+    idle_ttl_s: float = 600.0
+    """Sessions idle this long are evicted."""
+    max_message_bytes: int = 64 << 20
+    token: str | None = None
+    """Bearer token required on every Simulator call when set."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    device: str = "cpu"
+    grace_s: float = 5.0
+    """How long SIGTERM waits for in-flight calls."""
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+
+
+class SimulatorService(pb_grpc.SimulatorServicer):
+    def __init__(self, models: dict[str, ServedModel], config: ServerConfig):
+        self.models = models
+        self.config = config
+        self.registry = SessionRegistry(config.max_sessions, config.max_envs_per_session, config.idle_ttl_s)
+
+    # -- models and sessions ------------------------------------------------
+    def _info(self, served: ServedModel) -> pb.ModelInfo:
+        return pb.ModelInfo(
+            name=served.name, spec=wire.spec_to_proto(served.spec), backends=served.backends,
+            latent_size=served.latent_size(),
+        )
+
+    async def ListModels(self, request, context):
+        return pb.ListModelsResponse(models=[self._info(m) for m in self.models.values()])
+
+    async def CreateSession(self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext):
+        served = self.models.get(request.model)
+        if served is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model!r}; served: {sorted(self.models)}")
+        backend = request.backend or served.backends[0]
+        if backend not in served.models:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {served.name!r} has no backend {backend!r}; it has {served.backends}")
+        num_envs = request.num_envs or 1
+        observation = "latent" if request.observation_mode == pb.OBSERVATION_MODE_LATENT else "pixels"
+        png = request.image_encoding == pb.IMAGE_ENCODING_PNG
+        try:
+            if num_envs < 0:
+                raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+            self.registry.check_envs(num_envs)
+            self._check_message_size(served, num_envs, observation, png)
+            dreams = DreamBatch(
+                served.models[backend], num_envs, observation=observation,
+                max_episode_steps=request.max_episode_steps,
+                temperature=request.temperature if request.HasField("temperature") else None,
+                seed=request.seed if request.HasField("seed") else None,
+            )
+            dreams.reset()
+            session = self.registry.add(served, backend, dreams, png)
+        except LimitError as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        log.info("session %s: %s/%s, %d envs, %s", session.id, served.name, backend, num_envs, observation)
+        return pb.CreateSessionResponse(session_id=session.id, model=self._info(served), backend=backend, num_envs=num_envs)
+
+    def _check_message_size(self, served: ServedModel, num_envs: int, observation: str, png: bool) -> None:
+        if observation == "latent" or png:
+            return
+        image = served.spec.image
+        size = num_envs * image.height * image.width * image.channels
+        if size > self.config.max_message_bytes:
+            raise LimitError(
+                f"{num_envs} raw frames take {size} bytes, over the {self.config.max_message_bytes}-byte message "
+                "limit: use fewer envs, PNG images or latent observations"
+            )
+
+    async def CloseSession(self, request, context):
+        try:
+            self.registry.close(request.session_id)
+        except UnknownError as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, err.args[0])
+        return pb.CloseSessionResponse()
+
+    # -- reset and step -----------------------------------------------------
+    async def Reset(self, request: pb.ResetRequest, context):
+        session = await self._session(request.session_id, context)
+        async with session.lock:
+            try:
+                observation = session.dreams.reset(
+                    seed=request.seed if request.HasField("seed") else None,
+                    indices=list(request.env_indices) or None,
+                )
+            except ValueError as err:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        return pb.ResetResponse(observation=wire.observation_to_proto(_cpu(observation), session.png))
+
+    async def Step(self, request: pb.StepRequest, context):
+        return await self._step(request, context)
+
+    async def StepStream(self, request_iterator, context):
+        async for request in request_iterator:  # ends when the client closes or goes away
+            yield await self._step(request, context)
+
+    async def _step(self, request: pb.StepRequest, context) -> pb.StepResponse:
+        session = await self._session(request.session_id, context)
+        dreams = session.dreams
+        try:
+            actions = wire.from_tensor(request.actions, "actions")
+            actions = dreams.check_actions(actions)
+            mask = np.asarray(request.reset_mask, dtype=bool) if len(request.reset_mask) else None
+            if mask is not None:
+                dreams.check_reset_mask(mask)
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        session.busy += 1
+        try:
+            async with session.lock:  # one step at a time per session, in arrival order
+                result = await session.model.batchers[session.backend].step(dreams, actions, mask)
+        finally:
+            session.busy -= 1
+            session.touch()
+        return pb.StepResponse(
+            observation=wire.observation_to_proto(_cpu(result.observation), session.png),
+            reward=wire.to_tensor(result.reward),
+            terminated=wire.to_tensor(result.terminated),
+            truncated=wire.to_tensor(result.truncated),
+            step=dreams.steps_taken,
+        )
+
+    async def _session(self, session_id: str, context):
+        try:
+            return self.registry.get(session_id)
+        except UnknownError as err:
+            await context.abort(grpc.StatusCode.NOT_FOUND, err.args[0])
+
+    async def evict_forever(self) -> None:
+        period = max(0.05, min(self.config.idle_ttl_s / 4, 5.0))
+        while True:
+            await asyncio.sleep(period)
+            if evicted := self.registry.evict_idle():
+                log.info("evicted %d idle sessions", evicted)
+
+
+def _cpu(observation: dict) -> dict:
+    return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in observation.items()}
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """UNAUTHENTICATED unless `authorization: Bearer <token>`; health and reflection stay open."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}"
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(OPEN_METHODS):
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        if metadata.get("authorization") == self._expected:
+            return handler
+        return _denying(handler)
+
+
+def _denying(handler):
+    message = "a valid bearer token is required (metadata 'authorization: Bearer <token>')"
+
+    async def deny_unary(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def deny_stream(request_iterator, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        yield  # pragma: no cover - makes this an async generator
+
+    kind = (handler.request_streaming, handler.response_streaming)
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[kind]
+    deny = deny_stream if handler.response_streaming else deny_unary
+    return make(deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    service: SimulatorService
+    health: health.aio.HealthServicer
+    port: int
+    tasks: list[asyncio.Task]
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for task in self.tasks:
+            task.cancel()
+        for served in self.service.models.values():
+            for batcher in served.batchers.values():
+                await batcher.close()
+
+
+def parse_model_args(args: list[str]) -> dict[str, Path]:
+    """`NAME=PATH` or `PATH` (named after its directory) -> {name: path}."""
+    models: dict[str, Path] = {}
+    for arg in args:
+        name, _, path = arg.rpartition("=") if "=" in arg else (Path(arg).resolve().name, "", arg)
+        if name in models:
+            raise ValueError(f"two models are named {name!r}; name them: NAME=PATH")
+        models[name] = Path(path)
+    return models
+
+
+async def start_server(bundles: dict[str, str | Path], config: ServerConfig) -> RunningServer:
+    """Load the bundles and start serving; returns once the port is bound."""
+    models = {name: load_served_model(name, path, config.device, config.batcher) for name, path in bundles.items()}
+    service = SimulatorService(models, config)
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    pb_grpc.add_SimulatorServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    address = f"{config.host}:{config.port}"
+    if config.tls_cert or config.tls_key:
+        if not (config.tls_cert and config.tls_key):
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        credentials = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    for name in models:
+        await health_servicer.set(f"{SERVICE_NAME}/{name}", health_pb2.HealthCheckResponse.SERVING)
+    tasks = [asyncio.create_task(service.evict_forever(), name="evict-idle-sessions")]
+    log.info("serving %s on %s:%d", ", ".join(models), config.host, port)
+    return RunningServer(server, service, health_servicer, port, tasks)
+
+
+async def serve(bundles: dict[str, str | Path], config: ServerConfig, on_ready=None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain in-flight calls for config.grace_s and exit."""
+    running = await start_server(bundles, config)
+    if on_ready is not None:
+        on_ready(running)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining for up to %.1f s", config.grace_s)
+    await running.stop(config.grace_s)
+    log.info("stopped")

@@ -1,0 +1,116 @@
+"""Conversions between wire messages (worldmodel.v1) and numpy / EnvSpec, shared by server and client.
+
+Tensors travel as dtype + shape + raw little-endian bytes; a malformed tensor
+raises ValueError with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from worldmodel.spec import ActionSpec, EnvSpec, ImageSpec, VectorSpec
+from worldmodel.v1 import simulator_pb2 as pb
+
+DTYPES = {
+    pb.DTYPE_UINT8: np.dtype("<u1"),
+    pb.DTYPE_INT64: np.dtype("<i8"),
+    pb.DTYPE_FLOAT32: np.dtype("<f4"),
+    pb.DTYPE_BOOL: np.dtype("?"),
+}
+CODES = {dtype.kind + str(dtype.itemsize): code for code, dtype in DTYPES.items()}
+
+
+def to_tensor(array) -> pb.Tensor:
+    array = np.asarray(array.detach().cpu() if hasattr(array, "detach") else array)
+    code = CODES.get(array.dtype.kind + str(array.dtype.itemsize))
+    if code is None:
+        raise ValueError(f"no wire dtype for {array.dtype}")
+    data = np.ascontiguousarray(array, dtype=DTYPES[code])
+    return pb.Tensor(dtype=code, shape=list(array.shape), data=data.tobytes())
+
+
+def from_tensor(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
+    if tensor.dtype not in DTYPES:
+        raise ValueError(f"{what}: unknown dtype {tensor.dtype}; use one of {[pb.DType.Name(c) for c in DTYPES]}")
+    dtype = DTYPES[tensor.dtype]
+    shape = tuple(int(s) for s in tensor.shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"{what}: negative dimension in shape {shape}")
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise ValueError(f"{what}: shape {shape} of {pb.DType.Name(tensor.dtype)} needs {expected} bytes, got {len(tensor.data)}")
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def spec_to_proto(spec: EnvSpec) -> pb.EnvSpec:
+    action = spec.action
+    return pb.EnvSpec(
+        image=pb.ImageSpec(height=spec.image.height, width=spec.image.width, channels=spec.image.channels),
+        vector_names=list(spec.vector.names) if spec.vector is not None else [],
+        action=pb.ActionSpec(
+            kind=pb.ActionSpec.KIND_DISCRETE if action.is_discrete else pb.ActionSpec.KIND_BOX,
+            shape=list(action.shape), low=list(action.low), high=list(action.high), n=action.n,
+        ),
+        env_id=spec.env_id,
+        frame_skip=spec.frame_skip,
+    )
+
+
+def spec_from_proto(message: pb.EnvSpec) -> EnvSpec:
+    a = message.action
+    if a.kind == pb.ActionSpec.KIND_DISCRETE:
+        action = ActionSpec.discrete(a.n)
+    else:
+        action = ActionSpec("box", shape=tuple(a.shape), low=tuple(a.low), high=tuple(a.high))
+    return EnvSpec(
+        ImageSpec(message.image.height, message.image.width, message.image.channels),
+        action,
+        VectorSpec(tuple(message.vector_names)) if message.vector_names else None,
+        env_id=message.env_id,
+        frame_skip=message.frame_skip or 1,
+    )
+
+
+def encode_png(images: np.ndarray) -> list[bytes]:
+    """uint8 [N, H, W, C] -> one PNG per image (torchvision's encoder)."""
+    import torch
+    from torchvision.io import encode_png as _encode
+
+    return [_encode(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)).numpy().tobytes() for img in images]
+
+
+def decode_png(blobs) -> np.ndarray:
+    import torch
+    from torchvision.io import decode_png as _decode
+
+    return np.stack([_decode(torch.frombuffer(bytearray(b), dtype=torch.uint8)).permute(1, 2, 0).numpy() for b in blobs])
+
+
+def observation_to_proto(observation: dict, png: bool) -> pb.Observation:
+    message = pb.Observation()
+    if "latent" in observation:
+        message.latent.CopyFrom(to_tensor(observation["latent"]))
+        return message
+    images = observation["image"]
+    images = np.asarray(images.cpu() if hasattr(images, "cpu") else images)
+    if png:
+        message.image_png.extend(encode_png(images))
+    else:
+        message.image.CopyFrom(to_tensor(images))
+    if "vector" in observation:
+        message.vector.CopyFrom(to_tensor(observation["vector"]))
+    return message
+
+
+def observation_from_proto(message: pb.Observation) -> dict[str, np.ndarray]:
+    out = {}
+    if message.HasField("latent"):
+        out["latent"] = from_tensor(message.latent, "latent")
+    if message.HasField("image"):
+        out["image"] = from_tensor(message.image, "image")
+    elif len(message.image_png):
+        out["image"] = decode_png(message.image_png)
+    if message.HasField("vector"):
+        out["vector"] = from_tensor(message.vector, "vector")
+    return out
+

@@ -1,0 +1,1 @@
+"""Python generated from proto/worldmodel/v1 (do not edit: `make proto`)."""
