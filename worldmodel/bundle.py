@@ -199,3 +199,31 @@ def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", 
     model.bundle_path = path
     model.bundle_config = config
     return model
+
+
+def save_controller(path: str | Path, controller, info: dict[str, Any]) -> Path:
+    """Write C into a bundle (controller.safetensors) and record its config and provenance."""
+    from safetensors.torch import save_file
+
+    from worldmodel.models.io import state_dict_for_saving
+
+    read_bundle_config(path)  # a real bundle, of a version we write
+    path = Path(path)
+    save_file(state_dict_for_saving(controller), str(path / CONTROLLER_FILE))
+    raw = json.loads((path / CONFIG_FILE).read_text())
+    raw["controller"] = {"config": controller.config.to_dict(), **info}
+    (path / CONFIG_FILE).write_text(json.dumps(raw, indent=2, default=float))
+    return path / CONTROLLER_FILE
+
+
+def load_controller(path: str | Path):
+    """The controller stored in a bundle, or BundleError if none was trained."""
+    from worldmodel.models import Controller, ControllerConfig
+    from worldmodel.models.io import load_weights
+
+    config = read_bundle_config(path)
+    if "controller" not in config:
+        raise BundleError(f"bundle {path} has no controller yet: run `worldmodel train controller --bundle {path}`")
+    controller = Controller(ControllerConfig.from_dict(config["controller"]["config"]))
+    load_weights(controller, check_file(path, CONTROLLER_FILE))
+    return controller.eval()

@@ -72,11 +72,51 @@ def cmd_train(args: argparse.Namespace) -> None:
                 args.store, _model_dir(args.vae), _launch_options(args),
                 preset=args.preset, max_steps=args.max_steps, seed=args.seed,
             )
+        elif args.model == "controller":
+            _train_controller(args)
+            return
         else:
             raise CliError(f"unknown model {args.model!r}")
     except TrainingError as err:
         raise CliError(str(err)) from err
     print(f"model: {target}\nloss curve: {os.path.join(args.out, 'loss.png')}\nmetrics: {os.path.join(args.out, 'metrics.csv')}")
+
+
+def _train_controller(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from agents.cmaes import PRESETS, train_controller
+
+    overrides = {
+        k: v for k, v in {
+            "generations": args.generations, "population": args.population, "rollouts": args.rollouts,
+            "temperature": args.temperature, "max_steps": args.max_steps, "seed": args.seed, "workers": args.workers,
+        }.items() if v is not None
+    }
+    config = replace(PRESETS[args.preset], **overrides)
+    try:
+        result = train_controller(args.bundle, args.out, config, resume=args.resume)
+    except FileExistsError as err:
+        raise CliError(str(err)) from err
+    print(f"best return in the dream: {result['best_dream_return']:.2f} after {result['generations']} generations")
+    print(f"controller saved into {args.bundle}; curve: {result['curve']}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from agents.evaluate import evaluate, format_results
+
+    results = []
+    for policy in dict.fromkeys([args.policy, "random"]):
+        gif = os.path.join(args.out, "real_vs_dream.gif") if args.out and policy == "controller" else None
+        results.append(evaluate(args.bundle, args.env, args.episodes, policy, seed=args.seed, max_steps=args.max_steps, gif=gif))
+    env_id = args.env or "the bundle's env"
+    print(format_results(results, env_id))
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        summary = {r.policy: {"mean": r.mean, "std": r.std, "returns": r.returns, "seeds": r.seeds} for r in results}
+        with open(os.path.join(args.out, "eval.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"written: {os.path.join(args.out, 'eval.json')}")
 
 
 def _model_dir(run: str) -> str:
@@ -127,6 +167,21 @@ def cmd_serve(args: argparse.Namespace) -> None:
         print(f"serving on {args.host}:{running.port}", flush=True)
 
     asyncio.run(serve(parse_model_args(args.bundles), config, on_ready=ready))
+
+
+def cmd_play(args: argparse.Namespace) -> None:
+    from envs.play import play
+
+    try:
+        result = play(
+            args.bundle, backend=args.backend, temperature=args.temperature, device=args.device,
+            record=args.record, steps=args.steps, fps=args.fps, seed=args.seed,
+        )
+    except RuntimeError as err:  # no display to open a window on
+        raise CliError(str(err)) from err
+    print(f"played {result.steps} steps, {result.episodes} episodes ended, total reward {result.total_reward:.2f}")
+    if result.record:
+        print(f"recording: {result.record}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -207,6 +262,45 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0)
         p.set_defaults(func=cmd_train)
 
+    p = models.add_parser(
+        "controller",
+        help="evolve C with CMA-ES inside the dream",
+        description="CMA-ES evolves the controller in the bundle's dream; each generation is one batched dream "
+        "of population x rollouts envs (latent observations). Reads: --bundle. Writes: --out (cmaes.csv, "
+        "cmaes.png, controller/) and controller.safetensors into the bundle. Time: tiny seconds; small a few "
+        "minutes on 2 CPUs; paper: hours (2,000 generations in the paper).",
+    )
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
+    p.add_argument("--generations", type=int, default=None)
+    p.add_argument("--population", type=int, default=None)
+    p.add_argument("--rollouts", type=int, default=None, help="dreams per candidate")
+    p.add_argument("--temperature", type=float, default=None, help="tau while dreaming (paper: 1.15)")
+    p.add_argument("--max-steps", type=int, default=None, help="steps per dream rollout")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers sharing each generation")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="(dreams run on the CPU here)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from the last generation in --out")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="judge the bundle's controller (and random) in the REAL env",
+        description="Runs the policy in the real env through the collection preprocessing (V encodes real "
+        "frames, M's state follows the real episode), beside the random policy on the same seeds. Reads: "
+        "--bundle. Writes: --out/eval.json and --out/real_vs_dream.gif when --out is given. Time: CarRacing "
+        "about 15 s per 1,000-step episode.",
+    )
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--env", default=None, help="real env id (default: the bundle's)")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--policy", default="controller", choices=["controller", "random"])
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=10_000, help="first episode seed")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser(
         "bundle",
         help="assemble a simulator bundle from trained models",
@@ -257,6 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-key", default=None)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser(
+        "play",
+        help="drive a dream with the keyboard in a pygame window",
+        description="Reads: --bundle. Writes: --record (a GIF of the ride) when given. Time: as long as you "
+        "play: Esc quits, --steps N stops after N steps; each step is milliseconds (VMC). Keys: arrows steer, "
+        "gas and brake (box actions, CarRacing-style), 0-9 choose a discrete action, R resets the dream. "
+        "Headless (tests): SDL_VIDEODRIVER=dummy.",
+    )
+    p.add_argument("--bundle", required=True, help="bundle directory (`worldmodel bundle`)")
+    p.add_argument("--backend", default="vmc", help="the bundle's world model to dream with: vmc | diffusion")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the dream")
+    p.add_argument("--device", default="cpu", help="torch device of the model")
+    p.add_argument("--record", default=None, help="save the ride as this GIF")
+    p.add_argument("--steps", type=int, default=None, help="stop after N steps (default: until Esc)")
+    p.add_argument("--fps", type=int, default=15, help="steps per second (0: as fast as possible)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the first start context and the dream's sampling")
+    p.set_defaults(func=cmd_play)
 
     p = sub.add_parser(
         "demo",

@@ -75,6 +75,13 @@ def index_state(state: State, index) -> State:
     return {key: value[index] for key, value in state.items()}
 
 
+def draw_uniform(batch: int, generator, device) -> Tensor:
+    """[batch] uniforms from one generator, or one per row from a sequence of generators."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(batch, generator=generator, device=device)
+    return torch.cat([torch.rand(1, generator=g, device=device) for g in generator])
+
+
 def check_actions(spec: EnvSpec, action: Tensor | np.ndarray, batch: int, device) -> Tensor:
     """A batch of actions as the models take them, or ValueError saying what was expected."""
     action = torch.as_tensor(action, device=device)
@@ -134,8 +141,9 @@ class VMCWorldModel:
 
     @property
     def feature_dim(self) -> int:
-        """Width of [z, h], what the controller sees."""
-        return self.latent_dim + self.mdnrnn.config.hidden_size
+        """Width of [z, h (, vector)], what the controller sees."""
+        vector = self.spec.vector.size if self.spec.vector is not None else 0
+        return self.latent_dim + self.mdnrnn.config.hidden_size + vector
 
     def controller_config(self) -> ControllerConfig:
         return ControllerConfig.from_spec(self.spec, self.feature_dim)
@@ -202,7 +210,10 @@ class VMCWorldModel:
         next_state = {"z": self.mdnrnn.sample_next_z(out, tau, generator), "h": h[0], "c": c[0]}
         if out.vector is not None:
             next_state["vector"] = out.vector
-        return next_state, out.reward.float(), out.termination_logit > 0
+        # The dream ends the way M says the real env would: termination is drawn, not thresholded,
+        # so a rare end (a pole that falls, a car that leaves the map) still happens in the dream.
+        uniform = draw_uniform(state["z"].shape[0], generator, self.device)
+        return next_state, out.reward.float(), uniform < torch.sigmoid(out.termination_logit.float())
 
     @torch.no_grad()
     def step(
@@ -218,8 +229,10 @@ class VMCWorldModel:
         return state["vector"] * self.vector_std + self.vector_mean
 
     def features(self, state: State) -> Tensor:
-        """[z, h] [B, Z + H]: the controller's input, as in the paper."""
-        return torch.cat([state["z"], state["h"]], dim=-1)
+        """[z, h] [B, Z + H], the controller's input in the paper, plus the (normalized) vector
+        observation when the spec has one: the multimodal controller sees both."""
+        parts = [state["z"], state["h"]] + ([state["vector"]] if "vector" in state else [])
+        return torch.cat(parts, dim=-1)
 
     def observation_of(self, state: State) -> Transition:
         """The observation a state shows (used after reset)."""

@@ -1,0 +1,127 @@
+"""Judge a policy in the REAL environment, through the same preprocessing as collection.
+
+The controller never saw the real env: V encodes each real frame, M's hidden
+state advances on the real observations and the chosen actions, C acts on
+[z, h (, vector)]. The random policy runs on the same episode seeds beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from envs.policies import make_policy
+from envs.sources import make_source
+from worldmodel.models.world import Context
+
+POLICIES = ("controller", "random")
+
+
+@dataclass
+class EvalResult:
+    policy: str
+    seeds: list[int]
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.returns))
+
+
+class ControllerPolicy:
+    """C acting on the world model's view of the real episode so far."""
+
+    def __init__(self, model, controller):
+        self.model, self.controller = model, controller
+        self.state = None
+
+    def start(self, observation) -> None:
+        image, vector = _split(observation)
+        empty = np.zeros((1, 1, *self.model.spec.action.store_shape), self.model.spec.action.store_dtype)
+        context = Context(image[None, None], empty, None if vector is None else vector[None, None])
+        self.state = self.model.initial_state(context)
+
+    def act(self):
+        action = self.controller.act(self.model.features(self.state))[0]
+        return int(action) if self.model.spec.action.is_discrete else action.cpu().numpy().astype(np.float32)
+
+    def observe(self, action, observation) -> None:
+        image, vector = _split(observation)
+        action_t = torch.as_tensor(np.asarray(action)[None])
+        self.state = self.model.observe(self.state, action_t, image[None], None if vector is None else vector[None])
+
+
+def _split(observation):
+    if isinstance(observation, dict):
+        return observation["image"], observation.get("vector")
+    return observation, None
+
+
+def evaluate(
+    bundle: str, env_id: str | None, episodes: int, policy: str = "controller", *, seed: int = 10_000,
+    max_steps: int = 1000, gif: str | None = None,
+) -> EvalResult:
+    """Run `episodes` real episodes (seeds seed, seed+1, ...) with the policy; optionally a GIF of the first."""
+    from worldmodel.bundle import load_bundle, load_controller
+
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
+    model = load_bundle(bundle)
+    env_id = env_id or model.spec.env_id
+    env = make_source(env_id)
+    seeds = [seed + i for i in range(episodes)]
+    result = EvalResult(policy, seeds)
+    agent = ControllerPolicy(model, load_controller(bundle)) if policy == "controller" else None
+    for episode, episode_seed in enumerate(seeds):
+        observation, _ = env.reset(seed=episode_seed)
+        random_policy = make_policy("random", model.spec, seed=episode_seed) if agent is None else None
+        if agent is not None:
+            agent.start(observation)
+        frames = []
+        total, steps = 0.0, 0
+        for steps in range(1, max_steps + 1):
+            action = agent.act() if agent is not None else random_policy(observation)
+            if gif and episode == 0 and agent is not None:
+                frames.append(_predicted_beside_real(model, agent.state, action, observation))
+            observation, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            if agent is not None:
+                agent.observe(action, observation)
+            if terminated or truncated:
+                break
+        result.returns.append(total)
+        result.lengths.append(steps)
+        if frames:
+            _write_gif(gif, frames)
+    env.close()
+    return result
+
+
+def _predicted_beside_real(model, state, action, observation):
+    """(real frame t, the dream's guess of frame t+1 from here): what the model expects next."""
+    action_t = torch.as_tensor(np.asarray(action)[None])
+    _, transition = model.step(state, action_t, torch.Generator().manual_seed(0))
+    return _split(observation)[0], transition.image[0].numpy()
+
+
+def _write_gif(path: str, pairs) -> None:
+    from worldmodel.media import save_gif, side_by_side
+
+    real = np.stack([p[0] for p in pairs[1:]])  # the real frame t+1 beside the guess made at t
+    guessed = np.stack([p[1] for p in pairs[:-1]])
+    save_gif(Path(path), side_by_side([real, guessed], scale=3), fps=15)
+
+
+def format_results(results: list[EvalResult], env_id: str) -> str:
+    lines = [f"real {env_id}, {len(results[0].seeds)} episodes, seeds {results[0].seeds[0]}..{results[0].seeds[-1]}"]
+    for r in results:
+        lines.append(f"  {r.policy:10s} {r.mean:9.2f} +- {r.std:7.2f}   per episode: {', '.join(f'{x:.1f}' for x in r.returns)}")
+    return "\n".join(lines)
