@@ -17,7 +17,7 @@ from envs.policies import make_policy
 from envs.sources import make_source
 from worldmodel.models.world import Context
 
-POLICIES = ("controller", "random")
+POLICIES = ("controller", "rllib", "random")
 
 
 @dataclass
@@ -36,11 +36,11 @@ class EvalResult:
         return float(np.std(self.returns))
 
 
-class ControllerPolicy:
-    """C acting on the world model's view of the real episode so far."""
+class LatentPolicy:
+    """A policy on the world model's view of the real episode so far: C, or an RLlib module."""
 
-    def __init__(self, model, controller):
-        self.model, self.controller = model, controller
+    def __init__(self, model, act):
+        self.model, self.act_on = model, act  # act: features [1, F] -> actions [1, ...]
         self.state = None
 
     def start(self, observation) -> None:
@@ -50,7 +50,7 @@ class ControllerPolicy:
         self.state = self.model.initial_state(context)
 
     def act(self):
-        action = self.controller.act(self.model.features(self.state))[0]
+        action = self.act_on(self.model.features(self.state))[0]
         return int(action) if self.model.spec.action.is_discrete else action.cpu().numpy().astype(np.float32)
 
     def observe(self, action, observation) -> None:
@@ -67,7 +67,7 @@ def _split(observation):
 
 def evaluate(
     bundle: str, env_id: str | None, episodes: int, policy: str = "controller", *, seed: int = 10_000,
-    max_steps: int = 1000, gif: str | None = None,
+    max_steps: int = 1000, gif: str | None = None, rllib_run: str | None = None,
 ) -> EvalResult:
     """Run `episodes` real episodes (seeds seed, seed+1, ...) with the policy; optionally a GIF of the first."""
     from worldmodel.bundle import load_bundle, load_controller
@@ -79,7 +79,16 @@ def evaluate(
     env = make_source(env_id)
     seeds = [seed + i for i in range(episodes)]
     result = EvalResult(policy, seeds)
-    agent = ControllerPolicy(model, load_controller(bundle)) if policy == "controller" else None
+    agent = None
+    if policy == "controller":
+        agent = LatentPolicy(model, load_controller(bundle).act)
+    elif policy == "rllib":
+        from agents.rllib import RLlibPolicy
+
+        if rllib_run is None:
+            raise ValueError("policy 'rllib' needs the `worldmodel train rllib` output directory")
+        module = RLlibPolicy(rllib_run, model.spec.action_space())
+        agent = LatentPolicy(model, lambda features: module(features, model.spec.action.is_discrete))
     for episode, episode_seed in enumerate(seeds):
         observation, _ = env.reset(seed=episode_seed)
         random_policy = make_policy("random", model.spec, seed=episode_seed) if agent is None else None
