@@ -51,8 +51,11 @@ PRESETS = {
 
 
 @torch.no_grad()
-def dream_returns(model, params: np.ndarray, rollouts: int, max_steps: int, temperature: float, seed: int) -> np.ndarray:
-    """Mean dream return of each parameter vector [P, n]: P x rollouts dreams stepped as one batch.
+def dream_returns(
+    model, params: np.ndarray, rollouts: int, max_steps: int, temperature: float, seed: int, stop_early: bool = True
+) -> np.ndarray:
+    """Mean dream return of each parameter vector [P, n]: P x rollouts dreams stepped as one batch
+    (until all have ended, or for all max_steps when not `stop_early`, as the benchmark times it).
 
     Every candidate meets the same start contexts and noise (common random numbers), so
     differences in return come from the candidates, not from luck.
@@ -72,7 +75,7 @@ def dream_returns(model, params: np.ndarray, rollouts: int, max_steps: int, temp
         result = dreams.step(actions)
         total += torch.as_tensor(result.reward, device=model.device) * alive
         alive &= ~torch.as_tensor(result.terminated, device=model.device)
-        if not alive.any():
+        if stop_early and not alive.any():
             break
     return total.reshape(population, rollouts).mean(dim=1).cpu().numpy()
 
