@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         ),
         epilog=(
             "Reads: --store when given (else nothing). Writes: only under --workdir (a temp dir by default): "
-            "store.zarr (the sampled store, >= --frames frames, ~45 MB) and scratch stores; removed at the end "
+            "store.zarr (the sampled store, >= --frames frames, ~50 MB) and scratch stores; removed at the end "
             "unless --keep; plus Ray's own session files. Takes: about 3 minutes on 2 idle CPUs with the defaults "
             "(Ray startup ~8 s, 2 x (1-worker + 2-worker) collections of 4,000 steps ~70 s, topping the store up "
             "to 20,000 frames ~60 s, sampling ~15 s); with --store S --ratio-episodes 0 (reuse a store, skip "
@@ -93,7 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ratio_episodes < 0 or args.workers < 2:
         parser.error("--ratio-episodes must be >= 0 and --workers >= 2")
-    for name in ("frames", "episode_steps", "ratio_repeats", "window", "batch", "cold_batches", "warm_batches", "repeats"):
+    positive = ("frames", "episode_steps", "ratio_repeats", "window", "batch",
+                "cold_batches", "warm_batches", "repeats")
+    for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -261,6 +263,8 @@ def measure_sampling(args, store: EpisodeStore) -> dict:
     figures["store_cold"] = windows_per_second(sampler.sample, args.cold_batches, B, args.seed + 1)
     figures["ram_cold"] = windows_per_second(ram.sample, args.cold_batches, B, args.seed + 1)
     figures["cold_decoded_chunks"] = sampler.cache.misses
+    cold_s = args.cold_batches * B / figures["store_cold"]
+    figures["cold_ms_per_chunk"] = 1000 * cold_s / max(sampler.cache.misses, 1)
 
     # Fill: keep sampling until the cache holds every chunk (or stops gaining any).
     total = chunks_in(sampler)
@@ -331,12 +335,14 @@ def print_table(args, f: dict, store: EpisodeStore, wall: float) -> None:
         print(f"{name:<{width}}  {figure:>10}  {target:>8}  {result}")
     notes = []
     if "collect_speedup" in f:
-        notes.append(f"collect: {f['collect_steps']} steps per run, best of {args.ratio_repeats}; Ray startup {f['ray_start_s']:.1f} s and a "
+        notes.append(f"collect: {f['collect_steps']} steps per run, best of {args.ratio_repeats}; "
+                     f"Ray startup {f['ray_start_s']:.1f} s and a "
                      f"warm-up call {f['warmup_s']:.1f} s not counted; longest {args.workers}-worker task "
                      f"{f['collect_nw_task_s']:.1f} s of the {f['collect_nw_s']:.1f} s call; load average "
                      f"{f['collect_load_avg']:.1f} before (Ray workers run niced: other load slows them)")
     notes.append(f"cold: fresh sampler, empty chunk cache, {f['cold_decoded_chunks']} chunks decoded in "
-                 f"{args.cold_batches} batches (files in the OS page cache); fill: {f['fill_batches']} more batches, "
+                 f"{args.cold_batches} batches, {f['cold_ms_per_chunk']:.2f} ms each (files in the OS page cache); "
+                 f"fill: {f['fill_batches']} more batches, "
                  f"{f['fill_s']:.1f} s, to decode {f['chunks_decoded']}/{f['chunks_total']} chunks "
                  f"({f['cache_mib']:.0f} MiB)")
     notes.append(f"warm: median of {args.repeats} x {args.warm_batches} batches; RAM = the same windows from "

@@ -21,7 +21,8 @@ from zarr.codecs import BloscCodec, BloscShuffle
 from worldmodel.data.store import EpisodeStore, StoreError, array_layout, array_names
 
 # 32 frames of 64x64x3 is a 384 KiB chunk: a T=16 window touches one or two
-# chunks, and one chunk decodes in well under a millisecond (benchmarks/store.py).
+# chunks; decoding one costs about a millisecond, which the sampler's chunk
+# cache pays once per chunk (benchmarks/store.py).
 DEFAULT_IMAGE_CHUNK = 32
 SCALAR_CHUNK = 4096
 META_CHUNK = 1024
@@ -66,8 +67,9 @@ class PartWriter:
         data = group.create_group("data")
         for name, (shape, dtype) in self._layout.items():
             time_chunk = image_chunk if name == "image" else SCALAR_CHUNK
-            # bitshuffle suits images (many near-equal bytes); plain shuffle suits floats.
-            shuffle = BloscShuffle.bitshuffle if dtype == np.uint8 else BloscShuffle.shuffle
+            # Bytes of frames repeat whole (flat road, grass, the HUD): zstd finds them unshuffled,
+            # 10.5x on CarRacing vs 5.9x bitshuffled (benchmarks/store.py). Byte shuffle suits floats.
+            shuffle = BloscShuffle.noshuffle if dtype == np.uint8 else BloscShuffle.shuffle
             data.create_array(
                 name,
                 shape=(0, *shape),
