@@ -129,8 +129,18 @@ class SimulatorClient:
         self.close()
 
 
+def _wire_actions(actions) -> np.ndarray:
+    """Integers travel as int64 and floats as float32, the wire's action dtypes; the server checks the rest."""
+    array = np.asarray(actions)
+    if array.dtype.kind in "iu":
+        return array.astype(np.int64, copy=False)
+    if array.dtype.kind == "f":
+        return array.astype(np.float32, copy=False)
+    return array
+
+
 def _step_request(session_id: str, actions, reset_mask=None) -> pb.StepRequest:
-    request = pb.StepRequest(session_id=session_id, actions=wire.to_tensor(np.asarray(actions)))
+    request = pb.StepRequest(session_id=session_id, actions=wire.to_tensor(_wire_actions(actions)))
     if reset_mask is not None:
         request.reset_mask.extend(bool(m) for m in np.asarray(reset_mask).ravel())
     return request

@@ -28,6 +28,11 @@ from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
 log = logging.getLogger("worldmodel.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Simulator"].full_name
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # reachable without a token
+_OBSERVATION_MODES = {
+    pb.OBSERVATION_MODE_UNSPECIFIED: "pixels", pb.OBSERVATION_MODE_PIXELS: "pixels", pb.OBSERVATION_MODE_LATENT: "latent",
+}
+_ENCODINGS = (pb.IMAGE_ENCODING_UNSPECIFIED, pb.IMAGE_ENCODING_RAW, pb.IMAGE_ENCODING_PNG)
+_MESSAGE_OVERHEAD = 1024  # field tags, shapes and the step counter of a StepResponse, generously
 
 
 @dataclass
@@ -56,6 +61,8 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         self.models = models
         self.config = config
         self.registry = SessionRegistry(config.max_sessions, config.max_envs_per_session, config.idle_ttl_s)
+        self.open_streams = 0
+        """StepStream calls in progress (a client that goes away ends its stream and frees it)."""
 
     # -- models and sessions ------------------------------------------------
     def _info(self, served: ServedModel) -> pb.ModelInfo:
@@ -75,12 +82,17 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         if backend not in served.models:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {served.name!r} has no backend {backend!r}; it has {served.backends}")
         num_envs = request.num_envs or 1
-        observation = "latent" if request.observation_mode == pb.OBSERVATION_MODE_LATENT else "pixels"
-        png = request.image_encoding == pb.IMAGE_ENCODING_PNG
         try:
+            observation = _OBSERVATION_MODES.get(request.observation_mode)
+            if observation is None:
+                raise ValueError(f"unknown observation_mode {request.observation_mode}; use {list(pb.ObservationMode.keys())}")
+            if request.image_encoding not in _ENCODINGS:
+                raise ValueError(f"unknown image_encoding {request.image_encoding}; use {list(pb.ImageEncoding.keys())}")
+            png = request.image_encoding == pb.IMAGE_ENCODING_PNG
             if num_envs < 0:
                 raise ValueError(f"num_envs must be >= 1, got {num_envs}")
             self.registry.check_envs(num_envs)
+            self.registry.check_capacity()
             self._check_message_size(served, num_envs, observation, png)
             dreams = DreamBatch(
                 served.models[backend], num_envs, observation=observation,
@@ -88,7 +100,7 @@ class SimulatorService(pb_grpc.SimulatorServicer):
                 temperature=request.temperature if request.HasField("temperature") else None,
                 seed=request.seed if request.HasField("seed") else None,
             )
-            dreams.reset()
+            await asyncio.to_thread(dreams.reset)  # a forward (encode the start frames): off the event loop
             session = self.registry.add(served, backend, dreams, png)
         except LimitError as err:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
@@ -98,14 +110,21 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         return pb.CreateSessionResponse(session_id=session.id, model=self._info(served), backend=backend, num_envs=num_envs)
 
     def _check_message_size(self, served: ServedModel, num_envs: int, observation: str, png: bool) -> None:
-        if observation == "latent" or png:
-            return
-        image = served.spec.image
-        size = num_envs * image.height * image.width * image.channels
+        """A session whose step replies could not be sent is refused up front (PNG sizes vary: not checked)."""
+        spec = served.spec
+        per_env = 4 + 1 + 1  # reward, terminated, truncated
+        if observation == "latent":
+            per_env += 4 * served.latent_size()
+            what = "latent observations"
+        else:
+            per_env += 4 * (spec.vector.size if spec.vector is not None else 0)
+            per_env += 0 if png else spec.image.height * spec.image.width * spec.image.channels
+            what = "observations" if png else "raw frames"
+        size = num_envs * per_env + _MESSAGE_OVERHEAD
         if size > self.config.max_message_bytes:
             raise LimitError(
-                f"{num_envs} raw frames take {size} bytes, over the {self.config.max_message_bytes}-byte message "
-                "limit: use fewer envs, PNG images or latent observations"
+                f"the {what} of {num_envs} envs take about {size} bytes a step, over the "
+                f"{self.config.max_message_bytes}-byte message limit: use fewer envs, PNG images or latent observations"
             )
 
     async def CloseSession(self, request, context):
@@ -118,29 +137,37 @@ class SimulatorService(pb_grpc.SimulatorServicer):
     # -- reset and step -----------------------------------------------------
     async def Reset(self, request: pb.ResetRequest, context):
         session = await self._session(request.session_id, context)
-        async with session.lock:
-            try:
-                observation = session.dreams.reset(
-                    seed=request.seed if request.HasField("seed") else None,
-                    indices=list(request.env_indices) or None,
+        session.busy += 1
+        try:
+            async with session.lock:
+                observation = await asyncio.to_thread(
+                    session.dreams.reset,
+                    request.seed if request.HasField("seed") else None,
+                    list(request.env_indices) or None,
                 )
-            except ValueError as err:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        return pb.ResetResponse(observation=wire.observation_to_proto(_cpu(observation), session.png))
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        finally:
+            session.busy -= 1
+            session.touch()
+        return pb.ResetResponse(observation=await _observation_message(observation, session.png))
 
     async def Step(self, request: pb.StepRequest, context):
         return await self._step(request, context)
 
     async def StepStream(self, request_iterator, context):
-        async for request in request_iterator:  # ends when the client closes or goes away
-            yield await self._step(request, context)
+        self.open_streams += 1
+        try:
+            async for request in request_iterator:  # ends when the client closes or goes away (cancelled)
+                yield await self._step(request, context)
+        finally:
+            self.open_streams -= 1
 
     async def _step(self, request: pb.StepRequest, context) -> pb.StepResponse:
         session = await self._session(request.session_id, context)
         dreams = session.dreams
         try:
-            actions = wire.from_tensor(request.actions, "actions")
-            actions = dreams.check_actions(actions)
+            actions = wire.actions_from_proto(request.actions, dreams.spec, dreams.num_envs)  # dtype, shape, bounds, NaN
             mask = np.asarray(request.reset_mask, dtype=bool) if len(request.reset_mask) else None
             if mask is not None:
                 dreams.check_reset_mask(mask)
@@ -150,15 +177,18 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         try:
             async with session.lock:  # one step at a time per session, in arrival order
                 result = await session.model.batchers[session.backend].step(dreams, actions, mask)
+                steps = dreams.steps_taken
+        except ValueError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         finally:
             session.busy -= 1
             session.touch()
         return pb.StepResponse(
-            observation=wire.observation_to_proto(_cpu(result.observation), session.png),
+            observation=await _observation_message(result.observation, session.png),
             reward=wire.to_tensor(result.reward),
             terminated=wire.to_tensor(result.terminated),
             truncated=wire.to_tensor(result.truncated),
-            step=dreams.steps_taken,
+            step=steps,
         )
 
     async def _session(self, session_id: str, context):
@@ -177,6 +207,13 @@ class SimulatorService(pb_grpc.SimulatorServicer):
 
 def _cpu(observation: dict) -> dict:
     return {k: v.detach().cpu().numpy() if hasattr(v, "detach") else v for k, v in observation.items()}
+
+
+async def _observation_message(observation: dict, png: bool) -> pb.Observation:
+    """Raw tensors are one copy, done here; PNG encoding is CPU work, done off the event loop."""
+    if png and "image" in observation:
+        return await asyncio.to_thread(wire.observation_to_proto, _cpu(observation), True)
+    return wire.observation_to_proto(_cpu(observation), False)
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):

@@ -73,9 +73,12 @@ class SessionRegistry:
         self.sessions: dict[str, Session] = {}
         self.evicted = 0
 
-    def add(self, model: ServedModel, backend: str, dreams: DreamBatch, png: bool) -> Session:
+    def check_capacity(self) -> None:
         if len(self.sessions) >= self.max_sessions:
             raise LimitError(f"the server holds its maximum of {self.max_sessions} sessions; close one first")
+
+    def add(self, model: ServedModel, backend: str, dreams: DreamBatch, png: bool) -> Session:
+        self.check_capacity()
         session = Session(secrets.token_hex(12), model, backend, dreams, png)
         self.sessions[session.id] = session
         return session

@@ -39,7 +39,39 @@ def from_tensor(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(tensor.data) != expected:
         raise ValueError(f"{what}: shape {shape} of {pb.DType.Name(tensor.dtype)} needs {expected} bytes, got {len(tensor.data)}")
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    # bytearray copies: the array is writable (torch refuses to share read-only numpy memory).
+    return np.frombuffer(bytearray(tensor.data), dtype=dtype).reshape(shape)
+
+
+def actions_from_proto(tensor: pb.Tensor, spec: EnvSpec, num_envs: int) -> np.ndarray:
+    """A step's actions as the spec wants them on the wire, or ValueError saying what was expected:
+    int64 [num_envs] in [0, n) for a discrete space, float32 [num_envs, *shape] within the bounds and
+    finite for a box. Checked in numpy, as worldmodel.models.world.check_actions checks tensors (same
+    messages): a few microseconds, where a few torch ops on tiny tensors cost a hundred."""
+    if spec.action.is_discrete:
+        code, shape, space = pb.DTYPE_INT64, (num_envs,), f"Discrete({spec.action.n})"
+    else:
+        code = pb.DTYPE_FLOAT32
+        shape = (num_envs, *spec.action.shape)
+        space = f"Box(low={list(spec.action.low)}, high={list(spec.action.high)}, shape={tuple(spec.action.shape)})"
+    got = tuple(int(s) for s in tensor.shape)
+    if tensor.dtype != code or got != shape:
+        name = pb.DType.Name(tensor.dtype) if tensor.dtype in pb.DType.values() else str(tensor.dtype)
+        raise ValueError(
+            f"actions: expected {pb.DType.Name(code)} of shape {shape} (one action of {space} per env), "
+            f"got {name} of shape {got}"
+        )
+    actions = from_tensor(tensor, "actions")
+    if spec.action.is_discrete:
+        if actions.size and (actions.min() < 0 or actions.max() >= spec.action.n):
+            raise ValueError(f"discrete actions must be in [0, {spec.action.n}), got {actions.tolist()}")
+        return actions
+    if not np.isfinite(actions).all():
+        raise ValueError("actions contain NaN or infinite values")
+    low, high = np.asarray(spec.action.low, np.float32), np.asarray(spec.action.high, np.float32)
+    if ((actions < low - 1e-6) | (actions > high + 1e-6)).any():
+        raise ValueError(f"box actions must lie in [{list(spec.action.low)}, {list(spec.action.high)}]")
+    return actions
 
 
 def spec_to_proto(spec: EnvSpec) -> pb.EnvSpec:

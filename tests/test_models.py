@@ -485,3 +485,21 @@ def test_safetensors_round_trip(tmp_path) -> None:
     assert set(load_file(str(tmp_path / "ctrl.safetensors"))) == {"linear.weight", "linear.bias"}
     f = torch.randn(5, 6)
     assert torch.equal(ctrl.act(f), ctrl2.act(f))
+
+
+def test_predict_delta_makes_means_offsets_from_the_current_latent() -> None:
+    from worldmodel.models import MDNRNN, MDNRNNConfig
+
+    cfg = MDNRNNConfig(latent_dim=4, action_dim=2, discrete_actions=True, vector_dim=3, hidden_size=8,
+                       num_mixtures=2, predict_delta=True)
+    model = MDNRNN(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()  # every head outputs 0: the prediction is "no change"
+    z = torch.randn(2, 5, 4)
+    vector = torch.randn(2, 5, 3)
+    out, _ = model(z, torch.zeros(2, 5, dtype=torch.long), vector)
+    torch.testing.assert_close(out.mu, z[..., None].expand(-1, -1, -1, 2))
+    torch.testing.assert_close(out.vector, vector)
+    one, _ = model.step(z[:, 0], torch.zeros(2, dtype=torch.long), vector[:, 0])
+    torch.testing.assert_close(one.mu, z[:, 0, :, None].expand(-1, -1, 2))

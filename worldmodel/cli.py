@@ -70,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                 raise CliError("train mdnrnn needs --vae RUN (a `train vae` output directory)")
             target = train_mdnrnn(
                 args.store, _model_dir(args.vae), _launch_options(args),
-                preset=args.preset, max_steps=args.max_steps, seed=args.seed,
+                preset=args.preset, max_steps=args.max_steps, seed=args.seed, predict_delta=args.predict_delta,
             )
         elif args.model == "controller":
             _train_controller(args)
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--store", action="append", required=True, help="episode store (repeat for several)")
         if name == "mdnrnn":
             p.add_argument("--vae", required=True, help="the `train vae` run directory")
+            p.add_argument("--predict-delta", action="store_true",
+                           help="predict z(t+1) - z(t) rather than z(t+1) (not in the paper; see MDNRNNConfig)")
         p.add_argument("--out", required=True, help="run directory")
         p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
         p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the preset's)")

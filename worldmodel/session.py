@@ -2,10 +2,16 @@
 gymnasium vector env and the gRPC service both drive.
 
 It owns what an environment adds to a WorldModel: start contexts drawn from
-the bundle, one torch.Generator per env (so an env's dream does not depend on
-what else shares its batch), step counters and truncation, and the
-observation each env shows. `step_many` steps several batches of the same
-model in one forward, which is what the service's dynamic batcher runs.
+the bundle, one numpy rng and one torch.Generator per env (so an env's dream
+does not depend on what else shares its batch), step counters and truncation,
+and the observation each env shows. `step_many` steps several batches of the
+same model in one forward, which is what the service's dynamic batcher runs.
+
+Seeding follows gymnasium's vector envs (and envs/dream.py): a seed s seeds
+env i with s + i; each reset of env i draws its start context and then its
+sampler's seed from env i's rng. So env i of a batch seeded with s dreams what
+a one-env batch (or `DreamEnv.reset(seed=s + i)`) dreams under the same
+actions, up to float rounding of batched matmuls.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from worldmodel.models.world import Context, State, Transition, cat_states, split_state
+from worldmodel.models.world import Context, State, Transition, cat_states, check_actions, split_state
 
 OBSERVATION_MODES = ("pixels", "latent")
+_SEED_BOUND = 2**63  # sampler seeds in [0, 2**63), drawn as envs/dream.py draws them
 
 
 @dataclass
@@ -56,6 +63,8 @@ class DreamBatch:
             raise ValueError(f"max_episode_steps must be >= 0 (0: never truncate), got {max_episode_steps}")
         if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        if seed is not None and seed < 0:
+            raise ValueError(f"seed must be >= 0 (or unset for fresh entropy), got {seed}")
         if model.contexts is None or len(model.contexts) == 0:
             raise ValueError("the model carries no start contexts: load it from a bundle")
         self.model = model
@@ -64,12 +73,15 @@ class DreamBatch:
         self.observation_mode = observation
         self.max_episode_steps = int(max_episode_steps)
         self.temperature = model.temperature if temperature is None else float(temperature)
-        self.rng = np.random.default_rng(seed)
+        self.rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(num_envs)]
         self.generators = [torch.Generator(device=model.device) for _ in range(num_envs)]
         self.elapsed = np.zeros(num_envs, dtype=np.int64)
         self.state: State | None = None
         self.observation: dict[str, Tensor] | None = None
         self.steps_taken = 0
+        # Start states per context, filled as contexts are first drawn (see _starts).
+        self._cached = np.zeros(len(model.contexts), dtype=bool)
+        self._cache: tuple[State, dict[str, Tensor]] | None = None
 
     @property
     def decodes(self) -> bool:
@@ -77,31 +89,64 @@ class DreamBatch:
 
     # -- reset -------------------------------------------------------------
     def reset(self, seed: int | None = None, indices=None) -> dict[str, Tensor]:
-        """Start envs (all, or `indices`) from fresh real contexts; returns every env's observation."""
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
+        """Start envs (all, or `indices`) from fresh real contexts; returns every env's observation.
+
+        `seed` reseeds the envs it resets: env i with seed + i. Without it each env draws from its own stream.
+        """
         if indices is None or self.state is None:
             indices = np.arange(self.num_envs)
-        indices = np.asarray(indices, dtype=np.int64)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size == 0:
-            return self.observation
+            return dict(self.observation)
         if indices.min() < 0 or indices.max() >= self.num_envs:
             raise ValueError(f"env indices must be in [0, {self.num_envs}), got {indices.tolist()}")
-        picks = self.rng.integers(0, len(self.model.contexts), size=len(indices))
-        for i, env_seed in zip(indices, self.rng.integers(0, 2**63 - 1, size=len(indices))):
-            self.generators[i].manual_seed(int(env_seed))
-        fresh = self.model.initial_state(self.model.contexts.select(picks))
-        observed = self._observe(fresh)
-        if self.state is None or len(indices) == self.num_envs and (indices == np.arange(self.num_envs)).all():
-            self.state, self.observation = fresh, observed
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError(f"env indices must not repeat, got {indices.tolist()}")
+        if seed is not None:
+            if seed < 0:
+                raise ValueError(f"seed must be >= 0, got {seed}")
+            for i in indices:
+                self.rngs[i] = np.random.default_rng(seed + int(i))
+        count = len(self.model.contexts)
+        picks = np.array([self.rngs[i].integers(count) for i in indices], dtype=np.int64)
+        for i in indices:
+            self.generators[i].manual_seed(int(self.rngs[i].integers(_SEED_BOUND)))
+        fresh, observed = self._starts(picks)
+        if self.state is None or len(indices) == self.num_envs:
+            order = torch.as_tensor(np.argsort(indices), device=self.model.device)
+            self.state = {key: value[order] for key, value in fresh.items()}
+            self.observation = {key: value[order] for key, value in observed.items()}
         else:
+            # index_copy is out of place: observations handed out earlier never change under the caller.
             index = torch.as_tensor(indices, device=self.model.device)
-            for key in self.state:
-                self.state[key][index] = fresh[key]
-            for key in self.observation:
-                self.observation[key][index] = observed[key]
+            self.state = {key: value.index_copy(0, index, fresh[key]) for key, value in self.state.items()}
+            self.observation = {key: value.index_copy(0, index, observed[key]) for key, value in self.observation.items()}
         self.elapsed[indices] = 0
-        return self.observation
+        return dict(self.observation)
+
+    def _starts(self, picks: np.ndarray) -> tuple[State, dict[str, Tensor]]:
+        """Start states and observations of the contexts `picks`, each context computed once and kept.
+
+        initial_state takes no generator, so a context always begins the same dream: resets index
+        this cache instead of encoding L frames again, the cost that dominates when dreams end often
+        (a vector env autoresets every ended env).
+        """
+        missing = np.unique(picks[~self._cached[picks]])
+        if missing.size:
+            state = self.model.initial_state(self.model.contexts.select(missing))
+            observed = self._observe(state)
+            if self._cache is None:
+                count = len(self._cached)
+                empty = (lambda part: {k: v.new_zeros((count, *v.shape[1:])) for k, v in part.items()})
+                self._cache = (empty(state), empty(observed))
+            index = torch.as_tensor(missing, device=self.model.device)
+            for part, new in zip(self._cache, (state, observed)):
+                for key, value in new.items():
+                    part[key].index_copy_(0, index, value)  # in place on the cache only: it is never handed out
+            self._cached[missing] = True
+        pick = torch.as_tensor(picks, device=self.model.device)
+        state, observed = ({k: v[pick] for k, v in part.items()} for part in self._cache)
+        return state, observed
 
     def _observe(self, state: State, transition: Transition | None = None) -> dict[str, Tensor]:
         if not self.decodes:
@@ -114,8 +159,7 @@ class DreamBatch:
 
     # -- step --------------------------------------------------------------
     def check_actions(self, actions) -> Tensor:
-        from worldmodel.models.world import check_actions
-
+        """Actions [N] int (discrete) or [N, A] (box) as a tensor, or ValueError saying what was expected."""
         return check_actions(self.spec, actions, self.num_envs, self.model.device)
 
     def check_reset_mask(self, reset_mask) -> np.ndarray:
@@ -135,7 +179,8 @@ class DreamBatch:
         self.steps_taken += 1
         reward_np = reward.detach().cpu().numpy().astype(np.float32)
         terminated_np = terminated.detach().cpu().numpy().astype(bool)
-        truncated = (self.elapsed >= self.max_episode_steps) & ~terminated_np if self.max_episode_steps else np.zeros(self.num_envs, bool)
+        # As gymnasium's TimeLimit: truncated at the limit whether or not the step also terminated.
+        truncated = self.elapsed >= self.max_episode_steps if self.max_episode_steps else np.zeros(self.num_envs, bool)
         if reset_mask is not None:
             mask = self.check_reset_mask(reset_mask)
             if mask.any():
@@ -160,10 +205,9 @@ def step_many(batches: list[DreamBatch], actions: list, reset_masks: list | None
             raise RuntimeError("reset the batch before stepping it")
     masks = reset_masks or [None] * len(batches)
     # Check everything before any batch changes: a bad request fails alone, and nothing half-applies.
-    checked = [batch.check_actions(a) for batch, a in zip(batches, actions)]
+    action = _checked_actions(batches, actions)
     masks = [None if m is None or len(m) == 0 else b.check_reset_mask(m) for b, m in zip(batches, masks)]
     state = cat_states([b.state for b in batches]) if len(batches) > 1 else batches[0].state
-    action = torch.cat(checked) if len(checked) > 1 else checked[0]
     generators = [g for b in batches for g in b.generators]
     tau = batches[0].temperature
     if batches[0].decodes:
@@ -177,6 +221,29 @@ def step_many(batches: list[DreamBatch], actions: list, reset_masks: list | None
     rewards, terms = reward.split(sizes), terminated.split(sizes)
     transitions = _split_transition(transition, sizes) if transition is not None else [None] * len(batches)
     return [b._apply(s, r, t, tr, m) for b, s, r, t, tr, m in zip(batches, states, rewards, terms, transitions, masks)]
+
+
+def _checked_actions(batches: list[DreamBatch], actions: list) -> Tensor:
+    """All batches' actions as one tensor [sum of num_envs, ...], or ValueError naming the batch at fault.
+
+    Checked once for all (a check is a few torch ops, costly when a fused batch holds 64 requests of one
+    env); when that fails, each batch is checked alone so the error says which actions and why.
+    """
+    if len(batches) == 1:
+        return batches[0].check_actions(actions[0])
+    tensors = [a if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a)) for a in actions]
+    alike = len({(t.dtype, tuple(t.shape[1:])) for t in tensors}) == 1
+    if not alike or any(t.ndim == 0 or t.shape[0] != b.num_envs for t, b in zip(tensors, batches)):
+        for batch, a in zip(batches, actions):
+            batch.check_actions(a)  # raises for the culprit
+    device = batches[0].model.device
+    total = sum(b.num_envs for b in batches)
+    try:
+        return check_actions(batches[0].spec, torch.cat([t.to(device) for t in tensors]), total, device)
+    except ValueError:
+        for batch, a in zip(batches, actions):
+            batch.check_actions(a)
+        raise
 
 
 def _split_transition(transition: Transition, sizes: list[int]) -> list[Transition]:

@@ -106,6 +106,12 @@ class MDNRNNConfig(ConfigMixin):
     """LSTM hidden units."""
     num_mixtures: int = 5
     """Gaussians per z dimension in the mixture density head (K)."""
+    predict_delta: bool = False
+    """Mixture means (and the next vector) are offsets from the current z (and vector), not
+    absolute values, when set. Not in the paper (hence off by default): where consecutive
+    frames barely move z (CarRacing), the absolute form spends capacity re-learning the
+    identity and can lose to copying z_t (eval-model); on CartPole the absolute form made
+    the dream that transferred better (tests/test_agents.py)."""
 
     def __post_init__(self) -> None:
         for name in ("latent_dim", "action_dim", "hidden_size", "num_mixtures"):
@@ -176,18 +182,24 @@ class MDNRNN(nn.Module):
         return torch.cat(parts, dim=-1)
 
     # -- outputs ------------------------------------------------------------
-    def _heads(self, h: Tensor) -> MDNOutput:
-        """LSTM outputs h [B, T, hidden] -> MDNOutput of [B, T, ...] tensors."""
+    def _heads(self, h: Tensor, z_now: Tensor, vector_now: Tensor | None) -> MDNOutput:
+        """LSTM outputs h [B, T, hidden] -> MDNOutput of [B, T, ...] tensors; z_now [B, T, Z] and
+        vector_now [B, T, D] are what the means are offsets from when predict_delta is set."""
         b, t, _ = h.shape
         z, k = self.config.latent_dim, self.config.num_mixtures
         logits, mu, log_sigma = self.mdn_head(h).view(b, t, z, 3, k).unbind(dim=3)
+        vector = self.vector_head(h) if self.vector_head is not None else None
+        if self.config.predict_delta:
+            mu = mu + z_now[..., None]
+            if vector is not None and vector_now is not None:
+                vector = vector + vector_now
         return MDNOutput(
             logits=logits,
             mu=mu,
             log_sigma=log_sigma,
             reward=self.reward_head(h)[..., 0],
             termination_logit=self.termination_head(h)[..., 0],
-            vector=self.vector_head(h) if self.vector_head is not None else None,
+            vector=vector,
         )
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> LSTMState:
@@ -210,7 +222,7 @@ class MDNRNN(nn.Module):
         """
         x = self._inputs(z, action, vector)
         h, new_state = self.lstm(x, state)
-        return self._heads(h), new_state
+        return self._heads(h, z, vector), new_state
 
     def step(
         self,
@@ -225,7 +237,7 @@ class MDNRNN(nn.Module):
         """
         x = self._inputs(z, action, vector)
         h, new_state = self.lstm(x[:, None], state)
-        return self._heads(h).at(0), new_state
+        return self._heads(h, z[:, None], None if vector is None else vector[:, None]).at(0), new_state
 
     @torch.no_grad()
     def sample_next_z(

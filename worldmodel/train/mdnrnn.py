@@ -115,6 +115,7 @@ def train_mdnrnn(
     preset: str = "small",
     max_steps: int | None = None,
     seed: int = 0,
+    predict_delta: bool = False,
 ) -> Path:
     """Encode latents (cached), train M, write RUN/model and RUN/loss.png; returns RUN/model."""
     from worldmodel.data import EpisodeStore
@@ -126,7 +127,7 @@ def train_mdnrnn(
     vae = load_pretrained(vae_dir, expected="ConvVAE")
     latents = [encode_store(EpisodeStore.open(s), vae_dir) for s in stores]
     chosen = get_preset("mdnrnn", preset)
-    model_config = MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, **chosen.model)
+    model_config = MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, predict_delta=predict_delta, **chosen.model)
     config = {
         **loop_config(chosen, max_steps, seed),
         "stores": [str(s) for s in stores],

@@ -1,0 +1,229 @@
+"""Benchmark of the dream environments (issue "Dream environments"): steps/s of a dream vs the real env.
+
+Measured side by side in one run, rounds alternated and the best round of each
+kept (other load on the machine only ever slows a round down), printed as a
+table against the targets, then as one line of JSON:
+
+1. DreamVectorEnv, VMC backend, observation="latent", 256 envs (one batched
+   LSTM step per call, no decoding) vs the real CarRacing-v3 source env
+   (`envs.sources.make_source`, 64x64 image + vector, one process).
+                                                                 target >= 1000x
+2. the same with observation="pixels" (every step decodes 256 frames with V).
+3. DreamEnv alone (one env, latent), to show what batching buys.
+
+Both sides run on one core by default (--threads 1): the real env is one
+single-threaded process.
+
+The bundle: --bundle B, or one built here in a temp dir from real CarRacing
+episodes through worldmodel.train with the "paper" model sizes (V: 32/64/128/256
+channels, z 32; M: LSTM 256, 5 mixtures) but only a few training steps: speed
+depends on the sizes, not on how well the weights are trained. Diffusion: not
+built yet, so not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+
+for _key, _value in {
+    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "SDL_AUDIODRIVER": "dummy",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import numpy as np  # noqa: E402
+
+TARGET_LATENT_RATIO = 1000.0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/dream.py",
+        description=(
+            "Steps/s of DreamVectorEnv (VMC; latent and pixel observations; 256 envs) and of DreamEnv vs the real "
+            "CarRacing-v3 source env, measured in one run. Prints a table with targets and PASS/MISS, then one "
+            "line of JSON; exits 0 whatever the figures."
+        ),
+        epilog=(
+            "Reads: --bundle when given (else nothing). Writes: only under --workdir (a temp dir by default, removed "
+            "unless --keep): a CarRacing store and the V, M and bundle directories, plus Ray's own session files. "
+            "Takes: about 4 minutes on 2 idle CPUs when it builds the bundle (collection ~10 s, Ray ~10 s, training "
+            "paper-size V and M for a few steps ~2-3 min), then about a minute of measuring; with --bundle, about a minute."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--bundle", default=None, help="a CarRacing VMC bundle to dream with (default: build one)")
+    parser.add_argument("--workdir", default=None, help="where the bundle is built (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep what was written under --workdir")
+    parser.add_argument("--envs", type=int, default=256, help="sub-envs of the DreamVectorEnv")
+    parser.add_argument("--rounds", type=int, default=3, help="alternated measuring rounds; the best of each counts")
+    parser.add_argument("--real-steps", type=int, default=300, help="real CarRacing steps per round")
+    parser.add_argument("--latent-steps", type=int, default=100, help="batched latent dream steps per round")
+    parser.add_argument("--pixel-steps", type=int, default=5, help="batched pixel dream steps per round")
+    parser.add_argument("--single-steps", type=int, default=300, help="DreamEnv steps per round")
+    parser.add_argument("--vae-steps", type=int, default=10, help="training steps of the bundle's V (paper size)")
+    parser.add_argument("--mdnrnn-steps", type=int, default=10, help="training steps of the bundle's M (paper size)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch's default). 1 by default: one core each, as the real "
+                        "env is one single-threaded process; and on a busy machine the small ops of a dream step "
+                        "wait on every thread of a larger pool (2 threads measured up to 8x slower under load)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    for name in ("envs", "rounds", "real_steps", "latent_steps", "pixel_steps", "single_steps", "vae_steps", "mdnrnn_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def build_bundle(workdir: str, args) -> str:
+    """Real CarRacing episodes -> paper-size V and M trained for a few steps on Ray -> a bundle."""
+    import ray
+
+    from envs.collect import collect
+    from worldmodel.bundle import write_vmc_bundle
+    from worldmodel.raycluster import init_ray
+    from worldmodel.train.launcher import LaunchOptions
+    from worldmodel.train.mdnrnn import train_mdnrnn
+    from worldmodel.train.vae import train_vae
+
+    store = os.path.join(workdir, "carracing.zarr")
+    print("building a bundle: collecting 2 x 150 steps of CarRacing-v3 ...", flush=True)
+    collect("CarRacing-v3", store, episodes=2, max_steps=150, workers=0, seed=args.seed, show_progress=False)
+    started = init_ray()
+    try:
+        print(f"  training V (paper size) for {args.vae_steps} steps ...", flush=True)
+        vae = train_vae([store], LaunchOptions(out=os.path.join(workdir, "vae")), preset="paper",
+                        max_steps=args.vae_steps, seed=args.seed)
+        print(f"  training M (paper size) for {args.mdnrnn_steps} steps ...", flush=True)
+        mdnrnn = train_mdnrnn([store], str(vae), LaunchOptions(out=os.path.join(workdir, "mdnrnn")), preset="paper",
+                              max_steps=args.mdnrnn_steps, seed=args.seed)
+    finally:
+        if started:
+            ray.shutdown()
+    return str(write_vmc_bundle(os.path.join(workdir, "bundle"), vae, mdnrnn, [store], contexts=64, seed=args.seed))
+
+
+def time_real(env, policy, steps: int) -> float:
+    """Steps/s of the real source env driven by the collection policy (resets inside the timed loop count).
+
+    The policy matters: what CarRacing draws (track tiles, grass) sets its speed, so it drives as
+    the stores were collected (random walk), not with uniform noise that leaves the car standing.
+    """
+    obs = None
+    start = time.perf_counter()
+    for _ in range(steps):
+        obs, _, terminated, truncated, _ = env.step(policy(obs))
+        if terminated or truncated:
+            env.reset()
+            policy.reset()
+    return steps / (time.perf_counter() - start)
+
+
+def time_dream(env, steps: int, rng: np.random.Generator, batch: int | None, ends: list | None = None) -> float:
+    """Env steps/s of a dream env (batch sub-envs per call, or one DreamEnv when batch is None);
+    appends to `ends` the fraction of sub-env steps that ended an episode."""
+    space = env.single_action_space if batch else env.action_space
+    shape = (steps, batch) if batch else (steps,)
+    actions = rng.uniform(space.low, space.high, (*shape, *space.shape)).astype(np.float32)
+    ended = 0
+    start = time.perf_counter()
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(action)
+        ended += int(np.sum(terminated | truncated))
+        if batch is None and (terminated or truncated):
+            env.reset()
+    seconds = time.perf_counter() - start
+    if ends is not None:
+        ends.append(ended / (steps * (batch or 1)))
+    return steps * (batch or 1) / seconds
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    import worldmodel
+    from envs.dream import DreamEnv, DreamVectorEnv
+    from envs.policies import make_policy
+    from envs.sources import make_source, source_spec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-dream-")
+    os.makedirs(workdir, exist_ok=True)
+    figures: dict = {"torch_threads": torch.get_num_threads()}
+    try:
+        start = time.perf_counter()
+        bundle = args.bundle or build_bundle(workdir, args)
+        figures["bundle_build_s"] = 0.0 if args.bundle else time.perf_counter() - start
+        model = worldmodel.load_bundle(bundle)
+        if not model.spec.env_id.startswith("CarRacing") or model.spec.action.is_discrete:
+            print(f"note: the bundle simulates {model.spec.env_id!r}, not CarRacing", flush=True)
+        figures["model"] = {"latent_dim": model.latent_dim, "hidden": model.mdnrnn.config.hidden_size,
+                            "mixtures": model.mdnrnn.config.num_mixtures,
+                            "vae_channels": list(model.vae.config.encoder_channels)}
+        real = make_source("CarRacing-v3")
+        real.reset(seed=args.seed)
+        policy = make_policy("auto", source_spec(real), seed=args.seed)
+        envs = {
+            "latent": DreamVectorEnv(args.envs, model=model, observation="latent"),
+            "pixels": DreamVectorEnv(args.envs, model=model, observation="pixels"),
+            "single": DreamEnv(model=model, observation="latent"),
+        }
+        for name, env in envs.items():  # warm-up: the start-state cache, the allocator's pools
+            env.reset(seed=args.seed)
+            time_dream(env, 2 if name == "pixels" else 20, np.random.default_rng(0),
+                       args.envs if isinstance(env, DreamVectorEnv) else None)
+        time_real(real, policy, 20)  # warm-up: CarRacing's first frames build its surfaces
+        rng = np.random.default_rng(args.seed)
+        best: dict[str, float] = {"real": 0.0, "latent": 0.0, "pixels": 0.0, "single": 0.0}
+        ends: list[float] = []
+        for r in range(args.rounds):
+            got = {
+                "real": time_real(real, policy, args.real_steps),
+                "latent": time_dream(envs["latent"], args.latent_steps, rng, args.envs, ends),
+                "pixels": time_dream(envs["pixels"], args.pixel_steps, rng, args.envs),
+                "single": time_dream(envs["single"], args.single_steps, rng, None),
+            }
+            print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v:,.0f} steps/s" for k, v in got.items()),
+                  flush=True)
+            best = {k: max(best[k], got[k]) for k in best}
+        real.close()
+        figures.update({f"{k}_steps_per_s": v for k, v in best.items()})
+        figures.update({f"{k}_ratio": best[k] / best["real"] for k in ("latent", "pixels", "single")})
+        figures["dream_end_rate"] = float(np.mean(ends))  # episodes ended per sub-env step (latent runs)
+        figures["load_avg"] = os.getloadavg()[0]
+    finally:
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    rows = [
+        ("real CarRacing-v3 (1 process, 64x64 + vector)", best["real"], None, None),
+        (f"DreamVectorEnv VMC latent, {args.envs} envs", best["latent"], figures["latent_ratio"], TARGET_LATENT_RATIO),
+        (f"DreamVectorEnv VMC pixels, {args.envs} envs", best["pixels"], figures["pixels_ratio"], None),
+        ("DreamEnv VMC latent, 1 env", best["single"], figures["single_ratio"], None),
+    ]
+    print(f"\n{'':48s} {'steps/s':>12s} {'vs real':>10s} {'target':>9s}")
+    for name, speed, ratio, target in rows:
+        verdict = "" if target is None else ("PASS" if ratio >= target else "MISS")
+        ratio_text = "" if ratio is None else f"{ratio:,.0f}x"
+        target_text = "" if target is None else f">= {target:,.0f}x"
+        print(f"{name:48s} {speed:12,.0f} {ratio_text:>10s} {target_text:>9s} {verdict}")
+    print(f"(paper-size V and M trained a few steps; their dreams end every {1 / max(figures['dream_end_rate'], 1e-9):.0f} "
+          f"steps on average, and each end costs a reset; {figures['torch_threads']} torch threads, "
+          f"load average {figures['load_avg']:.1f})")
+    print(json.dumps(figures, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

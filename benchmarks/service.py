@@ -1,0 +1,445 @@
+"""Benchmark of the simulation service (issue 6): gRPC sessions with dynamic batching vs in-process dreams.
+
+Measured side by side in one run, on one paper-size V-M-C bundle (V: 32-dim z,
+channels 32-64-128-256; M: LSTM of 256 units, 5 mixtures), for each
+observation mode (pixels: every step decodes and sends a 64x64 frame per env;
+latent: [z, h] only), printed as a table against the targets, then as one line
+of JSON:
+
+1. aggregate steps/s of 64 concurrent agents, each an asyncio gRPC client
+   (its own channel) with a session of 1 env, against a `worldmodel serve`
+   subprocess with dynamic batching on, vs the same model stepped in this
+   process as one DreamBatch of 64 (no gRPC).                target >= 0.8x
+   Measured twice: unary Step calls, and one StepStream per agent (the
+   streaming RPC for tight agent loops: no per-call setup).
+2. the same 64 agents against a server started with --no-batching (each
+   request one forward of batch 1): batching on / off.      target >= 10x
+3. p50 / p99 latency of one Step call as the agents see it (batching on and off).
+4. one session of 256 envs (one agent, 256 actions per Step) vs an in-process
+   DreamBatch of 256.
+
+Agents pick random valid actions and decode every reply (as an agent must).
+Each figure is counted over --seconds after --warmup seconds of the same load;
+the runs alternate and the best of --repeats counts (other load on the machine
+only ever slows a run). Server and agents share this machine's CPUs; the
+in-process runs have them alone (the idle servers wait in epoll). torch runs
+--torch-threads intra-op threads everywhere (default 1: on 2 shared CPUs a
+second OpenMP thread only waits at barriers; measured here, a batch-64 latent
+step took 206 ms with 2 threads under load vs 2.5 ms with 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+for _key, _value in {
+    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "SDL_AUDIODRIVER": "dummy",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_VS_IN_PROCESS = 0.8
+TARGET_BATCHING = 10.0
+MODEL_NAME = "bench"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/service.py",
+        description=(
+            "Measure the gRPC simulation service side by side in one run: 64 concurrent agents (1-env "
+            "sessions) through a `worldmodel serve` subprocess vs the same model stepped in-process at "
+            "batch 64; dynamic batching on vs off; p50/p99 Step latency; one session of 256 envs. "
+            "Prints a table with targets and PASS/MISS, then one line of JSON; exits 0 whatever the figures."
+        ),
+        epilog=(
+            "Reads: --bundle when given. Otherwise builds a paper-size V-M-C bundle first: collects "
+            "--episodes x --episode-steps of CarRacing-v3 in this process, trains V and M with the paper "
+            "preset for --train-steps steps each on an embedded Ray (127.0.0.1), bundles them (speed depends "
+            "on size, not training). Writes: only under --workdir (a temp dir by default, removed unless "
+            "--keep), plus Ray's own session files; servers listen on 127.0.0.1 only. Takes: about 2 minutes "
+            "to build the bundle, then --repeats x 6 x (--warmup + --seconds) s per observation mode plus ~10 s "
+            "of server starts (about 5.5 minutes with the defaults, both modes)."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--bundle", default=None, help="an existing bundle to serve (skips building one)")
+    parser.add_argument("--workdir", default=None, help="where the built bundle goes (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep --workdir (the bundle can be reused with --bundle)")
+    parser.add_argument("--episodes", type=int, default=2, help="CarRacing episodes collected to build the bundle")
+    parser.add_argument("--episode-steps", type=int, default=150, help="steps per collected episode (>= 101: M's window)")
+    parser.add_argument("--train-steps", type=int, default=2, help="training steps of V and of M (paper preset)")
+    parser.add_argument("--agents", type=int, default=64, help="concurrent agents, a 1-env session each")
+    parser.add_argument("--big-session", type=int, default=256, help="envs of the one big session (0: skip)")
+    parser.add_argument("--observations", default="pixels,latent", help="observation modes to measure, comma separated")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per figure")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of every measurement, alternated; the best counts")
+    parser.add_argument("--batch-window-ms", type=float, default=2.0, help="the batching server's window")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="torch intra-op threads, in this process and in the servers alike (with agents and a "
+                             "server sharing 2 CPUs, more threads only contend; 0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.observations = [m.strip() for m in args.observations.split(",") if m.strip()]
+    if not args.observations or any(m not in ("pixels", "latent") for m in args.observations):
+        parser.error("--observations takes pixels and/or latent")
+    if args.agents < 1 or args.repeats < 1 or args.seconds <= 0 or args.warmup < 0 or args.big_session < 0:
+        parser.error("--agents and --repeats must be >= 1, --seconds > 0, --warmup and --big-session >= 0")
+    return args
+
+
+# -- the bundle -----------------------------------------------------------------
+def build_bundle(args, workdir: Path) -> Path:
+    """A paper-size V-M-C bundle from a small real CarRacing collection (a few training steps)."""
+    import ray
+
+    from envs.collect import collect
+    from worldmodel.bundle import write_vmc_bundle
+    from worldmodel.raycluster import init_ray
+    from worldmodel.train.launcher import LaunchOptions
+    from worldmodel.train.mdnrnn import train_mdnrnn
+    from worldmodel.train.vae import train_vae
+
+    store = str(workdir / "carracing.zarr")
+    print(f"  collecting {args.episodes} x {args.episode_steps} steps of CarRacing-v3 ...", flush=True)
+    collect("CarRacing-v3", store, episodes=args.episodes, max_steps=args.episode_steps, workers=0,
+            seed=args.seed, show_progress=False)
+    started = init_ray(num_cpus=os.cpu_count())
+    try:
+        print(f"  training V and M (paper preset, {args.train_steps} steps each) ...", flush=True)
+        vae = train_vae([store], LaunchOptions(out=str(workdir / "vae")), preset="paper", max_steps=args.train_steps)
+        mdnrnn = train_mdnrnn([store], str(vae), LaunchOptions(out=str(workdir / "mdnrnn")), preset="paper",
+                              max_steps=args.train_steps)
+    finally:
+        if started:
+            ray.shutdown()  # its workers must not compete with what is measured
+    return write_vmc_bundle(workdir / "bundle", vae, mdnrnn, [store], contexts=16)
+
+
+# -- a server subprocess --------------------------------------------------------
+class ServeProcess:
+    """`worldmodel serve` in a subprocess on 127.0.0.1 and a free port; SIGTERM on exit."""
+
+    def __init__(self, bundles: dict[str, str | Path], *extra: str, log: Path | None = None, threads: int | None = None):
+        command = [sys.executable, "-m", "worldmodel.cli", "serve", *(f"{n}={p}" for n, p in bundles.items()),
+                   "--host", "127.0.0.1", "--port", "0", *extra]
+        env = dict(os.environ)
+        if threads:  # torch's intra-op threads in the server (read when torch starts)
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        self.log = open(log, "w") if log else subprocess.DEVNULL
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
+        self.pid = self.process.pid
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.append(self.process.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout=120)
+        match = re.fullmatch(r"serving on 127\.0\.0\.1:(\d+)\n", lines[0]) if lines else None
+        if match is None:
+            self.stop()
+            raise RuntimeError(f"`worldmodel serve` did not start (exit {self.process.poll()}): {lines}")
+        self.address = f"127.0.0.1:{match.group(1)}"
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.log is not subprocess.DEVNULL:
+            self.log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# -- load -----------------------------------------------------------------------
+def random_actions(spec, count: int, rng: np.random.Generator) -> np.ndarray:
+    if spec.action.is_discrete:
+        return rng.integers(0, spec.action.n, size=count)
+    low, high = np.asarray(spec.action.low, np.float32), np.asarray(spec.action.high, np.float32)
+    return rng.uniform(low, high, size=(count, *spec.action.shape)).astype(np.float32)
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of this process, or of process `pid` (Linux /proc)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def summarize(latencies: list[float], steps: int, seconds: float, cpu: dict[str, float] | None = None) -> dict:
+    ordered = np.sort(np.asarray(latencies)) if latencies else np.zeros(1)
+    return {
+        "steps_per_s": steps / seconds,
+        "calls": len(latencies),
+        "p50_ms": 1000 * float(np.percentile(ordered, 50)),
+        "p99_ms": 1000 * float(np.percentile(ordered, 99)),
+        **{f"cpu_{name}": used / seconds for name, used in (cpu or {}).items()},  # CPUs busy on average
+    }
+
+
+async def agents_load(address: str, spec, agents: int, num_envs: int, observation: str, args,
+                      server_pid: int | None = None, stream: bool = False) -> dict:
+    """`agents` asyncio clients, each with its own channel and a session of `num_envs` envs, stepping flat out
+    with unary Step calls, or over one StepStream each when `stream`."""
+    import grpc
+
+    from services import wire
+    from worldmodel.v1 import simulator_pb2 as pb
+    from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
+
+    options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(agents)]
+    stubs = [pb_grpc.SimulatorStub(c) for c in channels]
+    mode = pb.OBSERVATION_MODE_LATENT if observation == "latent" else pb.OBSERVATION_MODE_PIXELS
+    created = await asyncio.gather(*(
+        stub.CreateSession(pb.CreateSessionRequest(model=MODEL_NAME, num_envs=num_envs, seed=args.seed + i,
+                                                   observation_mode=mode), timeout=60)
+        for i, stub in enumerate(stubs)
+    ))
+    loop = asyncio.get_running_loop()
+    begin = loop.time() + args.warmup
+    end = begin + args.seconds
+    latencies: list[float] = []
+    steps = 0
+
+    async def agent(i: int, stub, session_id: str) -> None:
+        nonlocal steps
+        rng = np.random.default_rng(args.seed + 1000 + i)
+        await stub.Reset(pb.ResetRequest(session_id=session_id), timeout=60)
+        call = stub.StepStream() if stream else None
+        while True:
+            request = pb.StepRequest(session_id=session_id, actions=wire.to_tensor(random_actions(spec, num_envs, rng)))
+            sent = loop.time()
+            if call is None:
+                reply = await stub.Step(request, timeout=120)
+            else:
+                await call.write(request)
+                reply = await call.read()
+            wire.observation_from_proto(reply.observation)  # what an agent reads
+            wire.from_tensor(reply.reward)
+            done = loop.time()
+            if sent >= begin and done <= end:
+                latencies.append(done - sent)
+                steps += num_envs
+            if done >= end:
+                break
+        if call is not None:
+            await call.done_writing()
+            assert await call.read() == grpc.aio.EOF
+
+    cpu: dict[str, float] = {}
+
+    async def meter() -> None:  # CPU used over the measured window, by the agents and by the server
+        await asyncio.sleep(max(0.0, begin - loop.time()))
+        start = {"agents": cpu_seconds(), "server": cpu_seconds(server_pid) if server_pid else 0.0}
+        await asyncio.sleep(max(0.0, end - loop.time()))
+        cpu["agents"] = cpu_seconds() - start["agents"]
+        if server_pid:
+            cpu["server"] = cpu_seconds(server_pid) - start["server"]
+
+    try:
+        await asyncio.gather(meter(), *(agent(i, stub, c.session_id) for i, (stub, c) in enumerate(zip(stubs, created))))
+        await asyncio.gather(*(stub.CloseSession(pb.CloseSessionRequest(session_id=c.session_id), timeout=60)
+                               for stub, c in zip(stubs, created)))
+    finally:
+        await asyncio.gather(*(c.close() for c in channels))
+    return summarize(latencies, steps, args.seconds, cpu)
+
+
+def in_process_load(model, num_envs: int, observation: str, args) -> dict:
+    """One DreamBatch of `num_envs` stepped in this process (the same random actions and decoding)."""
+    import torch
+
+    from worldmodel.session import DreamBatch
+
+    dreams = DreamBatch(model, num_envs, observation=observation, seed=args.seed)
+    dreams.reset()
+    rng = np.random.default_rng(args.seed)
+    latencies: list[float] = []
+    steps = 0
+    begin = time.perf_counter() + args.warmup
+    end = begin + args.seconds
+    cpu_start = None
+    with torch.inference_mode():
+        while True:
+            if cpu_start is None and time.perf_counter() >= begin:
+                cpu_start = cpu_seconds()
+            sent = time.perf_counter()
+            result = dreams.step(random_actions(model.spec, num_envs, rng))
+            {key: value.cpu().numpy() for key, value in result.observation.items()}  # the same hand-over to numpy
+            done = time.perf_counter()
+            if sent >= begin and done <= end:
+                latencies.append(done - sent)
+                steps += num_envs
+            if done >= end:
+                break
+    used = cpu_seconds() - cpu_start if cpu_start is not None else float("nan")  # nan: one call spanned the window
+    return summarize(latencies, steps, args.seconds, {"process": used})
+
+
+# -- report -------------------------------------------------------------------
+def verdict(value: float, target: float) -> str:
+    return "PASS" if value >= target else "MISS"
+
+
+def print_table(args, figures: dict, wall: float) -> None:
+    rows: list[tuple[str, str, str, str]] = []
+    n, big = args.agents, args.big_session
+    for mode in args.observations:
+        f = figures[mode]
+        rows += [
+            (f"[{mode}] in-process DreamBatch of {n} (steps/s)", f"{f['local']['steps_per_s']:,.0f}", "", ""),
+            (f"[{mode}] gRPC, {n} agents, batching on (steps/s)", f"{f['batched']['steps_per_s']:,.0f}", "", ""),
+            (f"[{mode}] gRPC batched / in-process", f"{f['vs_in_process']:.2f}x", f">= {TARGET_VS_IN_PROCESS}x",
+             verdict(f["vs_in_process"], TARGET_VS_IN_PROCESS)),
+            (f"[{mode}] gRPC StepStream, {n} agents, batching on (steps/s)", f"{f['streamed']['steps_per_s']:,.0f}", "", ""),
+            (f"[{mode}] gRPC StepStream batched / in-process", f"{f['stream_vs_in_process']:.2f}x",
+             f">= {TARGET_VS_IN_PROCESS}x", verdict(f["stream_vs_in_process"], TARGET_VS_IN_PROCESS)),
+            (f"[{mode}] gRPC, {n} agents, batching off (steps/s)", f"{f['unbatched']['steps_per_s']:,.0f}", "", ""),
+            (f"[{mode}] batching on / off", f"{f['batching_gain']:.1f}x", f">= {TARGET_BATCHING:g}x",
+             verdict(f["batching_gain"], TARGET_BATCHING)),
+            (f"[{mode}] Step latency, batching on, p50 / p99 (ms)",
+             f"{f['batched']['p50_ms']:.1f} / {f['batched']['p99_ms']:.1f}", "", ""),
+            (f"[{mode}] StepStream latency, batching on, p50 / p99 (ms)",
+             f"{f['streamed']['p50_ms']:.1f} / {f['streamed']['p99_ms']:.1f}", "", ""),
+            (f"[{mode}] Step latency, batching off, p50 / p99 (ms)",
+             f"{f['unbatched']['p50_ms']:.1f} / {f['unbatched']['p99_ms']:.1f}", "", ""),
+            (f"[{mode}] CPUs busy: in-process | server+agents on | off",
+             f"{f['local']['cpu_process']:.1f} | {f['batched']['cpu_server']:.1f}+{f['batched']['cpu_agents']:.1f} | "
+             f"{f['unbatched']['cpu_server']:.1f}+{f['unbatched']['cpu_agents']:.1f}", "", ""),
+        ]
+        if big:
+            rows += [
+                (f"[{mode}] in-process DreamBatch of {big} (steps/s)", f"{f['local_big']['steps_per_s']:,.0f}", "", ""),
+                (f"[{mode}] gRPC, 1 session of {big} envs (steps/s)", f"{f['big']['steps_per_s']:,.0f}", "", ""),
+                (f"[{mode}] 1 session of {big}: gRPC / in-process", f"{f['big_vs_in_process']:.2f}x", "", ""),
+                (f"[{mode}] Step latency, {big} envs, p50 / p99 (ms)",
+                 f"{f['big']['p50_ms']:.1f} / {f['big']['p99_ms']:.1f}", "", ""),
+            ]
+    print()
+    print(f"service benchmark: {figures['model']}, {os.cpu_count()} CPUs, best of {args.repeats} alternated runs "
+          f"of {args.seconds:g} s after {args.warmup:g} s warm-up, batch window {args.batch_window_ms:g} ms, "
+          f"{wall:.0f} s in all")
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'figure':>13}  {'target':>7}  result")
+    for name, figure, target, result in rows:
+        print(f"{name:<{width}}  {figure:>13}  {target:>7}  {result}")
+    print(f"  agents: asyncio gRPC clients in this process, one channel each, random actions, every reply decoded; "
+          f"servers: `worldmodel serve` subprocesses; load average {figures['load_avg']:.1f} before measuring")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    wall_start = time.perf_counter()
+    created = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="wm-bench-service-") if created else args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    figures: dict = {}
+    try:
+        print(f"service benchmark: workdir {workdir}", flush=True)
+        bundle = Path(args.bundle) if args.bundle else build_bundle(args, workdir)
+        import torch
+
+        import worldmodel
+
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        model = worldmodel.load_bundle(bundle)
+        params = sum(p.numel() for p in model.vae.parameters()) + sum(p.numel() for p in model.mdnrnn.parameters())
+        figures["model"] = (f"V z={model.latent_dim}, M h={model.mdnrnn.config.hidden_size}, {params / 1e6:.1f} M params, "
+                            f"{model.spec.env_id or 'bundle'}, torch {torch.get_num_threads()} threads")
+        figures["load_avg"] = os.getloadavg()[0]
+        serve_flags = ["--max-sessions", str(args.agents + 16), "--max-envs", str(max(args.big_session, 1)),
+                       "--max-message-mb", "256"]
+        for mode in args.observations:
+            f = figures[mode] = {}
+            runs: dict[str, list[dict]] = {}
+            on_flags = [*serve_flags, "--batch-window-ms", str(args.batch_window_ms)]
+            threads = args.torch_threads or None
+            with ServeProcess({MODEL_NAME: bundle}, *on_flags, log=workdir / f"serve-{mode}-batched.log",
+                              threads=threads) as on, \
+                    ServeProcess({MODEL_NAME: bundle}, *serve_flags, "--no-batching",
+                                 log=workdir / f"serve-{mode}-unbatched.log", threads=threads) as off:
+                # Alternated, best of --repeats: other load on the machine only ever slows a run down.
+                for r in range(args.repeats):
+                    plan = [
+                        ("local", f"in-process DreamBatch of {args.agents}",
+                         lambda: in_process_load(model, args.agents, mode, args)),
+                        ("batched", f"gRPC, {args.agents} agents, batching on",
+                         lambda: asyncio.run(agents_load(on.address, model.spec, args.agents, 1, mode, args, on.pid))),
+                        ("streamed", f"gRPC StepStream, {args.agents} agents, batching on",
+                         lambda: asyncio.run(agents_load(on.address, model.spec, args.agents, 1, mode, args, on.pid,
+                                                         stream=True))),
+                        ("unbatched", f"gRPC, {args.agents} agents, batching off",
+                         lambda: asyncio.run(agents_load(off.address, model.spec, args.agents, 1, mode, args, off.pid))),
+                    ]
+                    if args.big_session:
+                        plan += [
+                            ("local_big", f"in-process DreamBatch of {args.big_session}",
+                             lambda: in_process_load(model, args.big_session, mode, args)),
+                            ("big", f"gRPC, 1 session of {args.big_session} envs",
+                             lambda: asyncio.run(agents_load(on.address, model.spec, 1, args.big_session, mode, args, on.pid))),
+                        ]
+                    for name, what, run in plan:
+                        result = run()
+                        runs.setdefault(name, []).append(result)
+                        print(f"  [{mode}] round {r + 1}/{args.repeats}: {what}: {result['steps_per_s']:,.0f} steps/s, "
+                              f"p50 {result['p50_ms']:.1f} ms", flush=True)
+            for name, results in runs.items():
+                f[name] = max(results, key=lambda result: result["steps_per_s"])
+            f["vs_in_process"] = f["batched"]["steps_per_s"] / max(f["local"]["steps_per_s"], 1e-9)
+            f["stream_vs_in_process"] = f["streamed"]["steps_per_s"] / max(f["local"]["steps_per_s"], 1e-9)
+            f["batching_gain"] = f["batched"]["steps_per_s"] / max(f["unbatched"]["steps_per_s"], 1e-9)
+            if args.big_session:
+                f["big_vs_in_process"] = f["big"]["steps_per_s"] / max(f["local_big"]["steps_per_s"], 1e-9)
+        wall = time.perf_counter() - wall_start
+        figures["wall_s"] = wall
+        print_table(args, figures, wall)
+
+        def rounded(value):
+            if isinstance(value, dict):
+                return {k: rounded(v) for k, v in value.items()}
+            return round(value, 4) if isinstance(value, float) else value
+
+        print(json.dumps({"benchmark": "service", **rounded(figures)}))
+    finally:
+        if created and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
