@@ -9,6 +9,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+# Dream steps are many tiny ops: one thread beats two on 2 cores (Ray Train workers set their own).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

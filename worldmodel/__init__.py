@@ -1,7 +1,7 @@
 """worldmodel: learn simulators from recorded episodes and serve them to agents.
 
 Importing the package is cheap: heavy parts (torch models, Ray, diffusers) load
-when used. It registers the gymnasium ids below with string entry points (a
+when used. It registers the gymnasium ids below (the dream, and the remote env over the gRPC service) with string entry points (a
 name, not an import: worldmodel/ never imports envs/), so after
 `import worldmodel`, or with gymnasium's `module:id` form and no import at
 all, `gymnasium.make("worldmodel:worldmodel/Dream-v0", bundle=...)` works.
@@ -12,6 +12,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 DREAM_ENV_ID = "worldmodel/Dream-v0"
+REMOTE_ENV_ID = "worldmodel/Remote-v0"
 
 
 def load_bundle(path, backend: str = "vmc", *, device: str = "cpu", temperature: float = 1.0):
@@ -33,8 +34,10 @@ def _register_envs() -> None:
         return
     if DREAM_ENV_ID not in registry:
         register(id=DREAM_ENV_ID, entry_point="envs.dream:DreamEnv", vector_entry_point="envs.dream:DreamVectorEnv")
+    if REMOTE_ENV_ID not in registry:
+        register(id=REMOTE_ENV_ID, entry_point="envs.remote:RemoteEnv", vector_entry_point="envs.remote:RemoteVectorEnv")
 
 
 _register_envs()
 
-__all__ = ["DREAM_ENV_ID", "load_bundle", "__version__"]
+__all__ = ["DREAM_ENV_ID", "REMOTE_ENV_ID", "load_bundle", "__version__"]

@@ -6,6 +6,9 @@
     BUNDLE/contexts.safetensors   real start contexts from the training store:
                                   frames [K, L, H, W, C] uint8, actions [K, L(, A)], vectors [K, L, D]
     BUNDLE/controller.safetensors C, once one is trained (agents/)
+    BUNDLE/diffusion/             the diffusion backbone's UNet, diffusers `save_pretrained`
+                                  (UNet2DModel.from_pretrained(BUNDLE / "diffusion") loads it)
+    BUNDLE/diffusion_head.safetensors  its condition embedding and reward/termination head
 
 A dream starts from real observations, so a bundle carries K of them: with
 the contexts, the bundle alone is a complete simulator.
@@ -130,6 +133,69 @@ def write_vmc_bundle(
     return out
 
 
+def add_diffusion_to_bundle(
+    out: str | Path,
+    diffusion_dir: str | Path,
+    stores: list[str],
+    *,
+    contexts: int = DEFAULT_CONTEXTS,
+    context_length: int = DEFAULT_CONTEXT_LENGTH,
+    seed: int = 0,
+) -> Path:
+    """Add the diffusion backbone (a `train diffusion` RUN/model directory) to the bundle at `out`,
+    or make a diffusion-only bundle there (with start contexts from the stores) when none exists."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from worldmodel.data import EpisodeStore
+    from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR
+
+    diffusion_dir = Path(diffusion_dir)
+    saved_path = diffusion_dir / "diffusion.json"
+    if not saved_path.is_file() or not (diffusion_dir / UNET_DIR / CONFIG_FILE).is_file():
+        raise BundleError(f"{diffusion_dir} is not a `train diffusion` model directory (diffusion.json, diffusion/)")
+    saved = json.loads(saved_path.read_text())
+    spec = EnvSpec.from_dict(saved["spec"])
+    length = int(saved["config"]["context_length"])
+    out = Path(out)
+    if (out / CONFIG_FILE).is_file():
+        config = read_bundle_config(out)
+        if config["spec"] != spec:
+            raise BundleError(f"{diffusion_dir} was trained on another spec than bundle {out}")
+        if config["context_length"] < length:
+            raise BundleError(f"bundle {out} carries {config['context_length']}-step contexts; the model needs {length}")
+        raw = json.loads((out / CONFIG_FILE).read_text())
+    else:
+        opened = [EpisodeStore.open(s) for s in stores]
+        for store in opened:
+            if store.spec != spec:
+                raise BundleError(f"{store.location} holds another spec than the model was trained on")
+        context_length = max(context_length, length)
+        start = sample_contexts(opened, contexts, context_length, seed)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"frames": torch.from_numpy(start.frames), "actions": torch.from_numpy(start.actions)}
+        if start.vectors is not None:
+            tensors["vectors"] = torch.from_numpy(start.vectors)
+        save_file(tensors, str(out / CONTEXTS_FILE))
+        raw = {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "spec": spec.to_dict(), "backends": [],
+            "context_length": context_length, "versions": versions(),
+            "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stores": [s.location for s in opened]},
+        }
+    if (out / UNET_DIR).exists():
+        shutil.rmtree(out / UNET_DIR)
+    shutil.copytree(diffusion_dir / UNET_DIR, out / UNET_DIR)
+    shutil.copyfile(diffusion_dir / HEAD_FILE, out / HEAD_FILE)
+    raw["diffusion"] = {"config": saved["config"], "vector_norm": saved["vector_norm"]}
+    raw.setdefault("provenance", {})["diffusion"] = saved.get("training", {})
+    raw["backends"] = [b for b in raw.get("backends", []) if b != "diffusion"] + ["diffusion"]
+    raw["versions"] = versions()
+    (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2))
+    return out
+
+
 def read_bundle_config(path: str | Path) -> dict[str, Any]:
     """config.json of a bundle, checked for format and version, with the spec parsed."""
     path = Path(path)
@@ -183,6 +249,8 @@ def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", 
     if backend not in config["backends"]:
         raise BundleError(f"bundle {path} has no {backend!r} backend; it has {', '.join(config['backends'])}")
     spec = config["spec"]
+    if backend == "diffusion":
+        return _load_diffusion(path, config, device=device, temperature=temperature)
     try:
         vae = ConvVAE(VAEConfig.from_dict(config["vmc"]["vae"]))
         mdnrnn = MDNRNN(MDNRNNConfig.from_dict(config["vmc"]["mdnrnn"]))
@@ -194,6 +262,30 @@ def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", 
         raise BundleError(f"bundle {path}: {err}") from err
     model = VMCWorldModel(
         spec, vae, mdnrnn, vector_norm=config["vmc"].get("vector_norm"), temperature=temperature, device=device
+    )
+    model.contexts = read_contexts(path)
+    model.bundle_path = path
+    model.bundle_config = config
+    return model
+
+
+def _load_diffusion(path: Path, config: dict[str, Any], *, device: str, temperature: float):
+    """The diffusion backend: UNet2DModel.from_pretrained(BUNDLE/diffusion) plus the head (safetensors)."""
+    from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR, DiffusionConfig, DiffusionWorldModel, load_diffusion
+
+    check_file(path, HEAD_FILE)
+    check_file(path / UNET_DIR, CONFIG_FILE)
+    try:
+        model_config = DiffusionConfig.from_dict(config["diffusion"]["config"])
+        world = load_diffusion(path, model_config)
+    except (KeyError, TypeError) as err:
+        raise BundleError(f"bundle {path} has a malformed diffusion config: {err}") from err
+    except (ValueError, OSError) as err:
+        raise BundleError(f"bundle {path}: {err}") from err
+    options = config["diffusion"].get("options", {})
+    model = DiffusionWorldModel(
+        config["spec"], world, vector_norm=config["diffusion"].get("vector_norm"), temperature=temperature,
+        sampling_steps=options.get("sampling_steps"), seed=options.get("seed"), device=device,
     )
     model.contexts = read_contexts(path)
     model.bundle_path = path

@@ -72,6 +72,13 @@ def cmd_train(args: argparse.Namespace) -> None:
                 args.store, _model_dir(args.vae), _launch_options(args),
                 preset=args.preset, max_steps=args.max_steps, seed=args.seed, predict_delta=args.predict_delta,
             )
+        elif args.model == "diffusion":
+            from worldmodel.train.diffusion import train_diffusion
+
+            target = train_diffusion(
+                args.store, _launch_options(args), preset=args.preset, max_steps=args.max_steps, seed=args.seed,
+                context_length=args.context_length,
+            )
         elif args.model == "controller":
             _train_controller(args)
             return
@@ -139,20 +146,44 @@ def _model_dir(run: str) -> str:
 
 
 def cmd_bundle(args: argparse.Namespace) -> None:
-    from worldmodel.bundle import write_vmc_bundle
+    from worldmodel.bundle import add_diffusion_to_bundle, write_vmc_bundle
 
-    path = write_vmc_bundle(
-        args.out, _model_dir(args.vae), _model_dir(args.mdnrnn), args.store,
-        contexts=args.contexts, context_length=args.context_length, seed=args.seed,
-    )
+    if bool(args.vae) != bool(args.mdnrnn):
+        raise CliError("give both --vae and --mdnrnn (the V-M-C backend), or neither")
+    if not args.vae and not args.diffusion:
+        raise CliError("nothing to bundle: give --vae and --mdnrnn, and/or --diffusion")
+    path = args.out
+    if args.vae:
+        path = write_vmc_bundle(
+            args.out, _model_dir(args.vae), _model_dir(args.mdnrnn), args.store,
+            contexts=args.contexts, context_length=args.context_length, seed=args.seed,
+        )
+    if args.diffusion:
+        path = add_diffusion_to_bundle(
+            args.out, _model_dir(args.diffusion), args.store,
+            contexts=args.contexts, context_length=args.context_length, seed=args.seed,
+        )
     print(f"bundle written to {path}")
 
 
 def cmd_eval_model(args: argparse.Namespace) -> None:
-    from worldmodel.evaluate import evaluate_vmc, format_vmc_report
+    from worldmodel.bundle import read_bundle_config
+    from worldmodel.evaluate import evaluate_fidelity, evaluate_vmc, format_fidelity_table, format_vmc_report
 
-    result = evaluate_vmc(args.bundle, args.store, max_episodes=args.episodes, out=args.out)
-    print(json.dumps(result, indent=2) if args.json else format_vmc_report(result))
+    backends = read_bundle_config(args.bundle)["backends"]
+    result = evaluate_vmc(args.bundle, args.store, max_episodes=args.episodes, out=args.out) if "vmc" in backends else {}
+    if "diffusion" in backends or args.fidelity:
+        result["fidelity"] = evaluate_fidelity(
+            args.bundle, args.store, max_episodes=args.fidelity_episodes, out=args.out,
+            sampling_steps=args.sampling_steps, seed=args.seed,
+        )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    parts = [format_vmc_report(result)] if "vmc" in backends else []
+    if "fidelity" in result:
+        parts.append(format_fidelity_table(result["fidelity"]))
+    print("\n\n".join(parts))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
@@ -198,14 +229,13 @@ def cmd_play(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    # The full demo (train, dream, serve, report) builds on later stages;
-    # for now it shows the foundation: real collection into a store.
-    from envs.collect import collect
+    from agents.demo import StageError, run_demo
 
-    out = os.path.join(args.out, "store.zarr")
-    summary = collect("CarRacing-v3", out, episodes=args.episodes, max_steps=args.max_steps, workers=args.workers)
-    print(f"collected {summary.steps} steps in {summary.seconds:.1f} s")
-    _print_info(out, as_json=False)
+    try:
+        report = run_demo(args.out, tiny=args.tiny, resume=args.resume)
+    except StageError as err:
+        raise CliError(str(err)) from err
+    print(f"\nreport: {report}\n        {report.with_suffix('.html')}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train a model on Ray (vae | mdnrnn)",
+        help="train a model on Ray (vae | mdnrnn | diffusion | controller | rllib)",
         description="Train one model with Ray Train (embedded Ray on 127.0.0.1, or the cluster of "
         "`ray job submit`). Writes --out: metrics.csv, loss.png, model/ and Ray checkpoints.",
     )
@@ -254,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     times = {
         "vae": "tiny about 20 s; small about 10 min on 2 CPUs (2,000 steps); paper: GPU hours",
         "mdnrnn": "tiny about 25 s; small about 5 min on 2 CPUs; paper: GPU hours",
+        "diffusion": "tiny about 20 s; small about 1-2 h on 2 CPUs (2,000 steps); paper (DIAMOND sizes): GPU days",
     }
-    for name, what in (("vae", "V, the ConvVAE, on frames"), ("mdnrnn", "M, the MDN-RNN, on V's latents")):
+    for name, what in (("vae", "V, the ConvVAE, on frames"), ("mdnrnn", "M, the MDN-RNN, on V's latents"),
+                       ("diffusion", "the diffusion backbone (DIAMOND-style UNet denoiser + reward head) on frames")):
         p = models.add_parser(
             name,
             help=f"train {what}",
@@ -268,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--vae", required=True, help="the `train vae` run directory")
             p.add_argument("--predict-delta", action="store_true",
                            help="predict z(t+1) - z(t) rather than z(t+1) (not in the paper; see MDNRNNConfig)")
+        if name == "diffusion":
+            p.add_argument("--context-length", type=int, default=None, help="L, frames the denoiser sees (default 4)")
         p.add_argument("--out", required=True, help="run directory")
         p.add_argument("--preset", default="small", choices=["tiny", "small", "paper"])
         p.add_argument("--max-steps", type=int, default=None, help="training steps (default: the preset's)")
@@ -339,11 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bundle",
         help="assemble a simulator bundle from trained models",
-        description="Reads: --vae and --mdnrnn run directories, --store (for start contexts). "
-        "Writes: --out (config.json, safetensors, start contexts). Time: seconds.",
+        description="Reads: --vae and --mdnrnn run directories and/or --diffusion, --store (for start contexts). "
+        "Writes: --out (config.json, safetensors, start contexts; diffusion/ in diffusers format). --diffusion "
+        "alone adds that backend to the bundle at --out, or makes a diffusion-only bundle. Time: seconds.",
     )
-    p.add_argument("--vae", required=True)
-    p.add_argument("--mdnrnn", required=True)
+    p.add_argument("--vae", default=None, help="the `train vae` run (with --mdnrnn: the V-M-C backend)")
+    p.add_argument("--mdnrnn", default=None, help="the `train mdnrnn` run")
+    p.add_argument("--diffusion", default=None, metavar="RUN",
+                   help="the `train diffusion` run: added to the bundle at --out (made if absent)")
     p.add_argument("--store", action="append", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--contexts", type=int, default=64, help="real start contexts to carry")
@@ -354,14 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval-model",
         help="score a bundle's models on held-out episodes against trivial baselines",
-        description="Reads: --bundle and a held-out --store. Writes: --out/vae_reconstruction.gif when --out "
-        "is given. Time: seconds for hundreds of episodes.",
+        description="Reads: --bundle and a held-out --store. Writes: --out/vae_reconstruction.gif and, for a "
+        "bundle with the diffusion backend, --out/real_vmc_diffusion.gif when --out is given. Prints V and M "
+        "against baselines and a frame-fidelity table (PSNR, SSIM via piq) at horizons 1, 4, 16 for diffusion, VMC "
+        "and copy-last-frame. Time: V-M-C seconds; diffusion about a second per 64 frames at tiny size on 2 CPUs, "
+        "far more at paper size.",
     )
     p.add_argument("--bundle", required=True)
     p.add_argument("--store", required=True, help="held-out episode store")
     p.add_argument("--episodes", type=int, default=100, help="evaluate at most this many episodes")
-    p.add_argument("--out", default=None, help="directory for the GIF of real frames beside V's reconstructions")
+    p.add_argument("--out", default=None, help="directory for the GIFs (V reconstructions; real | VMC | diffusion dreams)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--fidelity", action="store_true",
+                   help="frame fidelity table (PSNR/SSIM at horizons 1, 4, 16) even for a bundle without diffusion")
+    p.add_argument("--fidelity-episodes", type=int, default=8, help="held-out episodes for the fidelity table")
+    p.add_argument("--sampling-steps", type=int, default=None, help="Euler steps of the diffusion backbone (default: its config's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dreams' sampling")
     p.set_defaults(func=cmd_eval_model)
 
     p = sub.add_parser(
@@ -407,14 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="the system end to end on CarRacing-v3",
-        description="Reads: nothing. Writes: --out. Currently collects CarRacing-v3 episodes "
-        "with Ray workers and prints the store summary (about a minute).",
+        help="the whole job end to end: collect, train, dream, judge, serve, report",
+        description="On CarRacing-v3: collect with Ray workers, train V and M with Ray Train, evolve C with CMA-ES "
+        "in the dream, judge C and random in the real env, serve the bundle over gRPC and drive a remote episode, "
+        "and write --out/report.md and report.html. Reads: nothing. Writes: --out. Time: about 10-15 minutes on "
+        "2 CPUs (--tiny: CartPole, tiny sizes, about 2 minutes).",
     )
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--episodes", type=int, default=4)
-    p.add_argument("--max-steps", type=int, default=300)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--tiny", action="store_true", help="CartPole and tiny sizes (what the tests run)")
+    p.add_argument("--resume", action="store_true", help="continue from the last finished stage")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -5,6 +5,9 @@ M (teacher-forced on V's encodings of real frames): next-z NLL and MSE vs
 copying z_t (its NLL under a Gaussian with the per-dimension variance of the
 real z_{t+1} - z_t, fitted on the same held-out data), reward MSE vs the
 mean reward, termination accuracy vs always "not terminated".
+Frames (`evaluate_fidelity`): PSNR and SSIM (piq) of the next frame from a real
+context and of autoregressive rollouts at horizons 4 and 16, for the diffusion
+backbone, V-M-C's decoded frames and the copy-last-frame baseline.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from worldmodel.data import EpisodeStore
 from worldmodel.models.mdnrnn import gmm_nll
+from worldmodel.models.world import Context
 
 
 def evaluate_vmc(bundle: str, heldout: str, *, max_episodes: int = 100, out: str | None = None) -> dict[str, Any]:
@@ -103,4 +108,128 @@ def format_vmc_report(result: dict[str, Any]) -> str:
         lines.append(f"{'M termination recall':32s} {result['termination_recall']:12.5f}")
     if "gif" in result:
         lines.append(f"\nreal | V reconstruction: {result['gif']}")
+    return "\n".join(lines)
+
+
+# -- frame fidelity: diffusion vs V-M-C vs copy-last-frame --------------------------------------
+
+FIDELITY_HORIZONS = (1, 4, 16)
+
+
+def evaluate_fidelity(
+    bundle: str,
+    heldout: str,
+    *,
+    max_episodes: int = 8,
+    max_starts: int = 32,
+    horizons: tuple[int, ...] = FIDELITY_HORIZONS,
+    sampling_steps: int | None = None,
+    seed: int = 0,
+    out: str | None = None,
+) -> dict[str, Any]:
+    """PSNR and SSIM (piq) of predicted frames against held-out real ones.
+
+    From real contexts of L frames at starts spread over the held-out episodes, each backend of the
+    bundle (and the copy-last-frame baseline) rolls out with the real actions; the frame at step h
+    is scored for each h in `horizons`. Step 1 is the next frame from a real (teacher-forced) context,
+    later steps are autoregressive. A start counts for horizon h only when the episode has frame
+    s + h. With `out`, writes out/real_vmc_diffusion.gif: real | VMC dream | diffusion dream from the
+    first start, under the same actions.
+    """
+    import piq
+
+    from worldmodel.bundle import BundleError, load_bundle, read_bundle_config
+
+    config = read_bundle_config(bundle)
+    models = {name: load_bundle(bundle, name) for name in ("diffusion", "vmc") if name in config["backends"]}
+    if sampling_steps is not None and "diffusion" in models:
+        models["diffusion"].sampling_steps = int(sampling_steps)
+    store = EpisodeStore.open(heldout)
+    if store.spec != config["spec"]:
+        raise BundleError(f"{heldout} holds another spec than bundle {bundle}")
+    length = max([m.context_length for m in models.values() if hasattr(m, "context_length")] + [int(config["context_length"])])
+    refs = [ref for ref in store.episodes if ref.length >= length + 1][:max_episodes]
+    if not refs:
+        raise ValueError(f"{heldout} has no episode of {length + 1} or more steps to evaluate on")
+    episodes = [store.read_episode(ref) for ref in refs]
+    longest = max(horizons)
+    # Starts s (the index of the last context frame), spread evenly, at most max_starts of them.
+    starts = [(e, s) for e, ep in enumerate(episodes) for s in range(length - 1, len(ep["image"]) - 1)]
+    picks = np.linspace(0, len(starts) - 1, num=min(max_starts, len(starts))).round().astype(int)
+    starts = [starts[i] for i in sorted(set(picks.tolist()))]
+
+    def window(key: str, e: int, s: int, first: int, count: int) -> np.ndarray:
+        """episodes[e][key][s + first : s + first + count], padded with its last row past the end."""
+        values = episodes[e][key]
+        rows = [values[min(s + first + i, len(values) - 1)] for i in range(count)]
+        return np.stack(rows)
+
+    def context(keys) -> Context:
+        picked = {k: np.stack([window(k, e, s, 1 - length, length) for e, s in starts]) for k in keys}
+        return Context(picked["image"], picked["action"], picked.get("vector"))
+
+    keys = ("image", "action") + (("vector",) if store.spec.vector is not None else ())
+    start_context = context(keys)
+    actions = np.stack([window("action", e, s, 0, longest) for e, s in starts])  # a_s ... a_{s+H-1}
+    real = np.stack([window("image", e, s, 1, longest) for e, s in starts])  # x_{s+1} ... x_{s+H}
+    valid = np.array([[s + h < len(episodes[e]["image"]) for h in range(1, longest + 1)] for e, s in starts])
+
+    predictions: dict[str, np.ndarray] = {"copy last frame": np.repeat(start_context.frames[:, -1:], longest, axis=1)}
+    for name, model in models.items():
+        state = model.initial_state(start_context)
+        frames = []
+        for t in range(longest):
+            generators = [torch.Generator(device=model.device).manual_seed(seed + 1000 * t + i) for i in range(len(starts))]
+            state, transition = model.step(state, torch.as_tensor(actions[:, t], device=model.device), generators)
+            frames.append(transition.image.cpu().numpy())
+        predictions[name] = np.stack(frames, axis=1)
+
+    def unit(x: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0
+
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    for name, predicted in predictions.items():
+        rows[name] = {}
+        for h in horizons:
+            mask = valid[:, h - 1]
+            if not mask.any():
+                continue
+            target, guess = unit(real[mask, h - 1]), unit(predicted[mask, h - 1])
+            rows[name][str(h)] = {
+                "psnr": float(piq.psnr(guess, target, data_range=1.0, reduction="none").clamp(max=100.0).mean()),
+                "ssim": float(piq.ssim(guess, target, data_range=1.0, reduction="none").mean()),
+                "frames": int(mask.sum()),
+            }
+    result: dict[str, Any] = {"horizons": list(horizons), "starts": len(starts), "episodes": len(refs), "rows": rows}
+    if "diffusion" in models:
+        result["sampling_steps"] = models["diffusion"].sampling_steps
+    if out is not None:
+        from worldmodel.media import save_gif, side_by_side
+
+        steps = int(valid[0].sum())
+        videos = [real[0, :steps]] + [predictions[n][0, :steps] for n in ("vmc", "diffusion") if n in predictions]
+        result["gif"] = str(save_gif(Path(out) / "real_vmc_diffusion.gif", side_by_side(videos, scale=3), fps=5))
+        result["gif_columns"] = ["real"] + [n for n in ("vmc", "diffusion") if n in predictions]
+    return result
+
+
+def format_fidelity_table(result: dict[str, Any]) -> str:
+    """The fidelity result as a table: one row per predictor, PSNR (dB) and SSIM per horizon."""
+    horizons = [str(h) for h in result["horizons"]]
+    head = f"{'frame fidelity':18s}" + "".join(f"{'PSNR@' + h:>10s}{'SSIM@' + h:>9s}" for h in horizons)
+    lines = [
+        f"held-out: {result['episodes']} episodes, {result['starts']} starts; horizon 1 from a real context, "
+        f"longer ones autoregressive" + (f"; diffusion {result['sampling_steps']} Euler steps" if "sampling_steps" in result else ""),
+        "",
+        head,
+    ]
+    for name, per in result["rows"].items():
+        cells = "".join(
+            f"{per[h]['psnr']:10.2f}{per[h]['ssim']:9.3f}" if h in per else f"{'-':>10s}{'-':>9s}" for h in horizons
+        )
+        lines.append(f"{name:18s}{cells}")
+    counts = next(iter(result["rows"].values()))
+    lines.append(f"{'(frames scored)':18s}" + "".join(f"{counts[h]['frames'] if h in counts else 0:>10d}{'':9s}" for h in horizons))
+    if "gif" in result:
+        lines.append(f"\n{' | '.join(result['gif_columns'])}: {result['gif']}")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """`--preset tiny|small|paper`: model sizes and training lengths per model.
 
 tiny: seconds on a CPU (tests). small: the CPU demo. paper: the published
-sizes (Ha & Schmidhuber 2018), meant for GPUs.
+sizes (Ha & Schmidhuber 2018; DIAMOND, Alonso et al. 2024, for the
+diffusion backbone), meant for GPUs.
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ PRESETS: dict[str, dict[str, TrainPreset]] = {
         ),
         "paper": TrainPreset(
             batch_size=100, lr=1e-3, max_steps=20_000, checkpoint_every=1000, log_every=100, window=100, grad_clip=1.0
+        ),
+    },
+    "diffusion": {
+        # window: the reward head's training sequence (the denoiser always sees L + 1 steps).
+        "tiny": TrainPreset(
+            model={"block_out_channels": (8, 16), "layers_per_block": 1, "norm_num_groups": 4,
+                   "head_channels": (4, 8), "head_hidden": 16},
+            batch_size=4, lr=1e-3, max_steps=30, checkpoint_every=10, log_every=5, window=6, grad_clip=1.0,
+        ),
+        "small": TrainPreset(
+            model={"block_out_channels": (32, 64, 64), "layers_per_block": 1, "norm_num_groups": 16,
+                   "head_channels": (16, 32, 32), "head_hidden": 128},
+            batch_size=16, lr=3e-4, max_steps=2000, checkpoint_every=500, log_every=25, window=12, grad_clip=1.0,
+        ),
+        # DIAMOND (Alonso et al. 2024): batch 32, lr 1e-4 (they use AdamW; the shared loop's Adam here).
+        "paper": TrainPreset(
+            batch_size=32, lr=1e-4, max_steps=100_000, checkpoint_every=2000, log_every=100, window=20, grad_clip=1.0
         ),
     },
 }

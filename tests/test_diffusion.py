@@ -1,0 +1,161 @@
+"""The diffusion backbone on real CartPole frames: training on Ray, diffusers-format save/load,
+seeded per-row sampling, and the WorldModel contract shared with V-M-C."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import worldmodel
+from worldmodel.bundle import read_bundle_config
+from worldmodel.models.world import Context, Transition
+from worldmodel.train.metrics import read_metrics
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def diffusion_run(tmp_path_factory, vmc_runs) -> dict[str, str]:
+    """A tiny diffusion backbone trained through Ray Train, added to a copy of the V-M-C bundle."""
+    from worldmodel.bundle import add_diffusion_to_bundle
+    from worldmodel.train.diffusion import train_diffusion
+    from worldmodel.train.launcher import LaunchOptions
+
+    root = tmp_path_factory.mktemp("diffusion")
+    model_dir = train_diffusion([vmc_runs["store"]], LaunchOptions(out=str(root / "run")), preset="tiny", max_steps=STEPS)
+    bundle = root / "bundle"
+    shutil.copytree(vmc_runs["bundle"], bundle)
+    add_diffusion_to_bundle(bundle, model_dir, [vmc_runs["store"]])
+    return {"run": str(root / "run"), "model": str(model_dir), "bundle": str(bundle)}
+
+
+def test_import_does_not_load_diffusers():
+    import subprocess
+
+    code = "import sys, worldmodel, worldmodel.models, worldmodel.models.diffusion, worldmodel.bundle; print('diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_tiny_model_trains_and_its_loss_falls(diffusion_run):
+    rows = read_metrics(Path(diffusion_run["run"]) / "metrics.csv")
+    assert [r["step"] for r in rows] == list(range(5, STEPS + 1, 5))
+    for key in ("loss/denoising", "loss/reward", "loss/termination", "loss/vector"):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    first = np.mean([r["loss/denoising"] for r in rows[:2]])
+    last = np.mean([r["loss/denoising"] for r in rows[-2:]])
+    assert last < first, (first, last)
+    assert (Path(diffusion_run["run"]) / "loss.png").stat().st_size > 1000
+
+
+def test_bundle_holds_the_unet_in_diffusers_format_and_round_trips(diffusion_run):
+    from diffusers import UNet2DModel
+
+    from worldmodel.models.diffusion import DiffusionConfig, DiffusionWorld, load_diffusion, save_diffusion
+
+    bundle = Path(diffusion_run["bundle"])
+    config = read_bundle_config(bundle)
+    assert config["backends"] == ["vmc", "diffusion"]
+    unet = UNet2DModel.from_pretrained(bundle / "diffusion")
+    assert unet.config.in_channels == 3 * (4 + 1) and unet.config.class_embed_type == "identity"
+
+    model = worldmodel.load_bundle(bundle, "diffusion")
+    assert model.backend == "diffusion" and model.spec == config["spec"]
+    for key, value in unet.state_dict().items():
+        assert torch.equal(model.world.unet.state_dict()[key], value), key
+
+    # save -> load gives a network with identical outputs
+    again = load_diffusion(save_diffusion(model.world, bundle.parent / "resaved"))
+    x, sigma = torch.randn(2, 3, 64, 64), torch.tensor([0.3, 2.0])
+    context = torch.rand(2, 4, 3, 64, 64) * 2 - 1
+    actions = torch.tensor([[0, 1, 1, 0], [1, 1, 0, 0]])
+    vectors = torch.randn(2, 4, 4)
+    outputs = [w.denoise(x, sigma, context, w.condition_embedding(actions, vectors)) for w in (model.world, again)]
+    assert torch.equal(outputs[0], outputs[1])
+    fresh = DiffusionWorld(DiffusionConfig.from_dict(config["diffusion"]["config"]))
+    assert not torch.equal(fresh.denoise(x, sigma, context, fresh.condition_embedding(actions, vectors)), outputs[0])
+
+
+def test_sampling_is_seeded_and_a_batch_row_equals_a_batch_of_one(diffusion_run):
+    model = worldmodel.load_bundle(diffusion_run["bundle"], "diffusion")
+    context = model.contexts.select(slice(0, 4))
+    actions = torch.tensor([1, 0, 1, 1])
+    state = model.initial_state(context)
+    batched, transition = model.step(state, actions, [torch.Generator().manual_seed(i) for i in range(4)])
+    again, twin = model.step(state, actions, [torch.Generator().manual_seed(i) for i in range(4)])
+    other, _ = model.step(state, actions, [torch.Generator().manual_seed(10 + i) for i in range(4)])
+    assert torch.equal(transition.image, twin.image) and torch.equal(transition.terminated, twin.terminated)
+    assert not torch.equal(batched["frames"], other["frames"])
+    for i in range(4):
+        single_state = model.initial_state(context.select(slice(i, i + 1)))
+        single, single_t = model.step(single_state, actions[i : i + 1], [torch.Generator().manual_seed(i)])
+        assert (single_t.image[0].int() - transition.image[i].int()).abs().max() <= 1
+        assert torch.equal(single_t.terminated[0], transition.terminated[i])
+        torch.testing.assert_close(single["h"][0], batched["h"][i], rtol=1e-5, atol=1e-5)
+    # steps and seed are options: one Euler step, and a model-level seed when no generator is passed
+    model.sampling_steps = 1
+    seeded = [worldmodel.load_bundle(diffusion_run["bundle"], "diffusion") for _ in range(2)]
+    for m in seeded:
+        m.generator = torch.Generator().manual_seed(7)
+    a, b = (m.step(state, actions)[1].image for m in seeded)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["vmc", "diffusion"])
+def test_world_model_contract(diffusion_run, backend):
+    """What DreamBatch, the envs and the service rely on, for any backend."""
+    from worldmodel.models.world import cat_states, split_state
+    from worldmodel.session import DreamBatch
+
+    model = worldmodel.load_bundle(diffusion_run["bundle"], backend)
+    assert model.backend == backend and model.spec.env_id == "CartPole-v1"
+    assert len(model.contexts) == 16 and model.contexts.frames.shape[1:] == (4, 64, 64, 3)
+    b = 3
+    state = model.initial_state(model.contexts.select(slice(0, b)))
+    assert all(value.shape[0] == b for value in state.values())
+    seen = model.observation_of(state)
+    assert isinstance(seen, Transition) and seen.image.shape == (b, 64, 64, 3) and seen.image.dtype == torch.uint8
+    assert seen.vector.shape == (b, 4)
+    for t in range(3):
+        state, transition = model.step(state, torch.tensor([0, 1, 1]), [torch.Generator().manual_seed(t * 10 + i) for i in range(b)])
+        assert transition.image.dtype == torch.uint8 and transition.image.shape == (b, 64, 64, 3)
+        assert transition.vector.dtype == torch.float32 and transition.vector.shape == (b, 4)
+        assert transition.reward.dtype == torch.float32 and transition.reward.shape == (b,)
+        assert transition.terminated.dtype == torch.bool and transition.terminated.shape == (b,)
+        assert torch.equal(model.observation_of(state).image, transition.image)
+    parts = split_state(state, [1, 2])
+    assert all(torch.equal(x, y) for x, y in zip(cat_states(parts).values(), state.values()))
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        model.step(state, torch.tensor([0, 2, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        model.step(state, torch.tensor([0, 1]))
+    c = model.contexts
+    with pytest.raises(ValueError, match="needs vectors"):
+        model.initial_state(Context(c.frames[:1], c.actions[:1], None))
+    # the session core drives it the same way
+    dreams = DreamBatch(model, 2, seed=3, max_episode_steps=2)
+    first = dreams.reset()
+    assert first["image"].shape == (2, 64, 64, 3) and first["vector"].shape == (2, 4)
+    result = dreams.step(torch.tensor([1, 0]))
+    assert result.observation["image"].shape == (2, 64, 64, 3) and result.reward.dtype == np.float32
+
+
+def test_bundle_cli_adds_the_diffusion_backend(diffusion_run, tmp_path):
+    import subprocess
+
+    out = tmp_path / "only_diffusion"
+    result = subprocess.run(
+        [sys.executable, "-m", "worldmodel.cli", "bundle", "--diffusion", diffusion_run["run"], "--store",
+         str(read_bundle_config(diffusion_run["bundle"])["provenance"]["stores"][0]), "--out", str(out), "--contexts", "8"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["backends"] == ["diffusion"]
+    assert len(worldmodel.load_bundle(out, "diffusion").contexts) == 8
