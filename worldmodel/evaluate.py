@@ -1,10 +1,11 @@
 """`worldmodel eval-model`: how well a bundle's models predict held-out episodes, against trivial baselines.
 
 V: per-pixel reconstruction MSE vs the held-out store's mean frame.
-M (teacher-forced on V's encodings of real frames): next-z NLL and MSE vs
-copying z_t (its NLL under a Gaussian with the per-dimension variance of the
-real z_{t+1} - z_t, fitted on the same held-out data), reward MSE vs the
-mean reward, termination accuracy vs always "not terminated".
+M (teacher-forced on V's encodings of real frames, z drawn from V's posterior
+as in training, with a fixed seed): next-z NLL and MSE vs copying z_t (its NLL
+under a Gaussian with the per-dimension variance of the same z_{t+1} - z_t,
+fitted on the held-out data itself, which flatters the baseline), reward MSE
+vs the mean reward, termination accuracy vs always "not terminated".
 Frames (`evaluate_fidelity`): PSNR and SSIM (piq) of the next frame from a real
 context and of autoregressive rollouts at horizons 4 and 16, for the diffusion
 backbone, V-M-C's decoded frames and the copy-last-frame baseline.
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from worldmodel.data import EpisodeStore
+from worldmodel.models.images import to_model_input
 from worldmodel.models.mdnrnn import gmm_nll
 from worldmodel.models.world import Context
 
@@ -48,12 +50,14 @@ def evaluate_vmc(bundle: str, heldout: str, *, max_episodes: int = 100, out: str
 
     diffs = []
     gif_videos = None
+    noise = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for episode in episodes:
             frames = torch.from_numpy(episode["image"])
             real = frames.float() / 255.0
-            z = model.encode(frames)
-            recon = model.decode(z)
+            mu, logvar = model.vae.encode(to_model_input(frames))
+            recon = model.decode(mu)
+            z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=noise)  # what M was trained on
             add("v_mse", float(((recon.float() / 255.0 - real) ** 2).mean(dim=(1, 2, 3)).sum()), len(frames))
             add("v_mse_mean_frame", float(((torch.from_numpy(mean_frame).float() - real) ** 2).mean(dim=(1, 2, 3)).sum()), len(frames))
             if gif_videos is None:
