@@ -32,7 +32,7 @@ def diffusion_run(tmp_path_factory, vmc_runs) -> dict[str, str]:
     bundle = root / "bundle"
     shutil.copytree(vmc_runs["bundle"], bundle)
     add_diffusion_to_bundle(bundle, model_dir, [vmc_runs["store"]])
-    return {"run": str(root / "run"), "model": str(model_dir), "bundle": str(bundle)}
+    return {"run": str(root / "run"), "model": str(model_dir), "bundle": str(bundle), "store": vmc_runs["store"]}
 
 
 def test_import_does_not_load_diffusers():
@@ -48,10 +48,24 @@ def test_tiny_model_trains_and_its_loss_falls(diffusion_run):
     assert [r["step"] for r in rows] == list(range(5, STEPS + 1, 5))
     for key in ("loss/denoising", "loss/reward", "loss/termination", "loss/vector"):
         assert all(np.isfinite(r[key]) for r in rows), key
-    first = np.mean([r["loss/denoising"] for r in rows[:2]])
-    last = np.mean([r["loss/denoising"] for r in rows[-2:]])
-    assert last < first, (first, last)
     assert (Path(diffusion_run["run"]) / "loss.png").stat().st_size > 1000
+    # Logged losses are single small batches at random noise levels: too noisy to compare. Instead the
+    # trained network and a fresh one are scored on the same real windows, noise levels and noise.
+    from worldmodel.data import EpisodeStore, WindowSampler
+    from worldmodel.models.diffusion import DiffusionConfig, DiffusionWorld
+
+    model = worldmodel.load_bundle(diffusion_run["bundle"], "diffusion")
+    torch.manual_seed(0)
+    fresh = DiffusionWorld(DiffusionConfig.from_dict(model.config.to_dict())).eval()
+    windows = WindowSampler(EpisodeStore.open(diffusion_run["store"]), 5, keys=("image", "action", "vector"))
+    batch = {k: torch.from_numpy(v) for k, v in windows.sample(32, np.random.default_rng(0)).items()}
+    vectors = model.normalize_vector(batch["vector"])[:, :-1]
+    with torch.no_grad():
+        before, after = (
+            float(w.denoising_loss(batch["image"], batch["action"][:, :-1], vectors, torch.Generator().manual_seed(1)))
+            for w in (fresh, model.world)
+        )
+    assert after < 0.8 * before, (before, after)
 
 
 def test_bundle_holds_the_unet_in_diffusers_format_and_round_trips(diffusion_run):
@@ -159,3 +173,27 @@ def test_bundle_cli_adds_the_diffusion_backend(diffusion_run, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["backends"] == ["diffusion"]
     assert len(worldmodel.load_bundle(out, "diffusion").contexts) == 8
+
+
+def test_box_actions_without_vector_untrained_tiny_model():
+    """The other action kind, and a spec with no vector, on an untrained tiny model (no fixture)."""
+    from worldmodel.models.diffusion import DiffusionConfig, DiffusionWorld, DiffusionWorldModel
+    from worldmodel.spec import ActionSpec, EnvSpec, ImageSpec
+    from worldmodel.train.presets import get_preset
+
+    spec = EnvSpec(ImageSpec(64, 64, 3), ActionSpec.box([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0]))
+    torch.manual_seed(0)
+    model = DiffusionWorldModel(spec, DiffusionWorld(DiffusionConfig.from_spec(spec, **get_preset("diffusion", "tiny").model)))
+    rng = np.random.default_rng(0)
+    context = Context(rng.integers(0, 256, (2, 5, 64, 64, 3), dtype=np.uint8), rng.uniform(0, 1, (2, 5, 3)).astype(np.float32))
+    state = model.initial_state(context)
+    assert state["frames"].shape == (2, 4, 64, 64, 3) and state["actions"].shape == (2, 3, 3) and "vectors" not in state
+    action = torch.tensor([[0.5, 1.0, 0.0], [-1.0, 0.2, 0.3]])
+    _, transition = model.step(state, action, [torch.Generator().manual_seed(i) for i in range(2)])
+    assert transition.vector is None and transition.image.shape == (2, 64, 64, 3)
+    _, single = model.step(model.initial_state(context.select(slice(1, 2))), action[1:], [torch.Generator().manual_seed(1)])
+    assert (single.image[0].int() - transition.image[1].int()).abs().max() <= 1
+    with pytest.raises(ValueError, match="box actions must lie"):
+        model.step(state, torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="conditions on 4 frames"):
+        model.initial_state(context.select(slice(0, 1)).__class__(context.frames[:1, :2], context.actions[:1, :2]))

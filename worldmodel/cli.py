@@ -159,8 +159,10 @@ def cmd_bundle(args: argparse.Namespace) -> None:
             contexts=args.contexts, context_length=args.context_length, seed=args.seed,
         )
     if args.diffusion:
+        run = args.diffusion
+        model_dir = os.path.join(run, "model") if os.path.isfile(os.path.join(run, "model", "diffusion.json")) else run
         path = add_diffusion_to_bundle(
-            args.out, _model_dir(args.diffusion), args.store,
+            args.out, model_dir, args.store,
             contexts=args.contexts, context_length=args.context_length, seed=args.seed,
         )
     print(f"bundle written to {path}")
@@ -284,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     times = {
         "vae": "tiny about 20 s; small about 10 min on 2 CPUs (2,000 steps); paper: GPU hours",
         "mdnrnn": "tiny about 25 s; small about 5 min on 2 CPUs; paper: GPU hours",
-        "diffusion": "tiny about 20 s; small about 1-2 h on 2 CPUs (2,000 steps); paper (DIAMOND sizes): GPU days",
+        "diffusion": "tiny about 30-60 s on 2 idle CPUs (30 steps); small about 1-2 h (2,000 steps); paper (DIAMOND sizes): GPU days",
     }
     for name, what in (("vae", "V, the ConvVAE, on frames"), ("mdnrnn", "M, the MDN-RNN, on V's latents"),
                        ("diffusion", "the diffusion backbone (DIAMOND-style UNet denoiser + reward head) on frames")):

@@ -14,6 +14,11 @@ diffusers' `EDMEulerScheduler`: `precondition_inputs` (c_in),
 because diffusers has no EDM *training* helper: the log-normal sigma draw and
 the loss weight 1 / c_out^2 (`edm_c_out`, `sample_training_sigma`).
 
+Not taken from DIAMOND: its offset noise (sigma_offset_noise 0.3) and its
+AdamW/warm-up schedule (the shared loop uses Adam); its UNet is replaced by
+diffusers' UNet2DModel of the same widths and depths (with diffusers' mid-block
+attention).
+
 Reward, termination and the next vector observation come from a separate
 small CNN + LSTM head (DIAMOND's reward/end model) trained on the same windows.
 diffusers is imported lazily, inside the functions that need it.
@@ -241,15 +246,19 @@ class DiffusionWorld(nn.Module):
         output = self.network(noisy, sigma, context, condition)
         return self.scheduler.precondition_outputs(noisy, output, sigma.reshape(-1, 1, 1, 1))
 
-    def denoising_loss(self, frames: Tensor, actions: Tensor, vectors: Tensor | None) -> Tensor:
+    def denoising_loss(
+        self, frames: Tensor, actions: Tensor, vectors: Tensor | None, generator: torch.Generator | None = None
+    ) -> Tensor:
         """frames [B, L + 1, H, W, C] uint8, actions [B, L(, A)], vectors [B, L, D]: EDM loss on frame L.
 
-        E ||(D(x + sigma n; sigma) - x) / c_out||^2 = E ||F - (x - c_skip (x + sigma n)) / c_out||^2."""
+        E ||(D(x + sigma n; sigma) - x) / c_out||^2 = E ||F - (x - c_skip (x + sigma n)) / c_out||^2.
+        `generator` fixes sigma and n (to compare models on the same draw)."""
         x = frames_to_unit(frames)
         context, target = x[:, :-1], x[:, -1]
         b = target.shape[0]
-        sigma = sample_training_sigma(b, self.config, target.device)
-        noisy = target + sigma.reshape(b, 1, 1, 1) * torch.randn_like(target)
+        sigma = sample_training_sigma(b, self.config, target.device, generator)
+        noise = torch.randn(target.shape, device=target.device, generator=generator)
+        noisy = target + sigma.reshape(b, 1, 1, 1) * noise
         denoised = self.denoise(noisy, sigma, context, self.condition_embedding(actions, vectors))
         c_out = edm_c_out(sigma, self.config.sigma_data).reshape(b, 1, 1, 1)
         return (((denoised - target) / c_out) ** 2).mean()
@@ -453,7 +462,7 @@ def load_diffusion(directory, config: DiffusionConfig | None = None, device="cpu
     if config is None:
         config = DiffusionConfig.from_dict(json.loads((directory / "diffusion.json").read_text())["config"])
     world = DiffusionWorld(config)
-    unet = UNet2DModel.from_pretrained(directory / UNET_DIR)
+    unet = UNet2DModel.from_pretrained(directory / UNET_DIR, low_cpu_mem_usage=False)  # no `accelerate` needed
     expected = config.unet_kwargs()
     for key in ("in_channels", "out_channels", "sample_size"):
         if unet.config[key] != expected[key]:
