@@ -104,18 +104,16 @@ def spec_from_proto(message: pb.EnvSpec) -> EnvSpec:
 
 
 def encode_png(images: np.ndarray) -> list[bytes]:
-    """uint8 [N, H, W, C] -> one PNG per image (torchvision's encoder)."""
-    import torch
-    from torchvision.io import encode_png as _encode
+    """uint8 [N, H, W, C] -> one PNG per image (imageio; torchvision 0.29 deprecated its codecs)."""
+    import imageio.v3 as iio
 
-    return [_encode(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)).numpy().tobytes() for img in images]
+    return [iio.imwrite("<bytes>", np.ascontiguousarray(img), extension=".png") for img in images]
 
 
 def decode_png(blobs) -> np.ndarray:
-    import torch
-    from torchvision.io import decode_png as _decode
+    import imageio.v3 as iio
 
-    return np.stack([_decode(torch.frombuffer(bytearray(b), dtype=torch.uint8)).permute(1, 2, 0).numpy() for b in blobs])
+    return np.stack([iio.imread(bytes(b), extension=".png") for b in blobs])
 
 
 def observation_to_proto(observation: dict, png: bool) -> pb.Observation:

@@ -83,11 +83,14 @@ def test_ray_job_submit_runs_the_same_command(cartpole_store, tmp_path):
     try:
         _wait_for(lambda: subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
                                          capture_output=True).returncode == 0, 120, "the Ray head", head)
-        submitted = subprocess.run(
-            [ray_bin, "job", "submit", "--address", address, "--no-wait", "--", "worldmodel", "train", "vae",
-             "--store", cartpole_store, "--out", str(run), "--preset", "tiny", "--max-steps", "10"],
-            env=env, capture_output=True, text=True, check=True,
-        )
+        submit = [ray_bin, "job", "submit", "--address", address, "--no-wait", "--", "worldmodel", "train", "vae",
+                  "--store", cartpole_store, "--out", str(run), "--preset", "tiny", "--max-steps", "10"]
+        for _ in range(10):  # the job server may still be starting after `ray job list` first answers
+            submitted = subprocess.run(submit, env=env, capture_output=True, text=True)
+            if submitted.returncode == 0:
+                break
+            time.sleep(3)
+        assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
         job_id = next(line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line)
 
         def status() -> str:
