@@ -60,7 +60,7 @@ class StageError(RuntimeError):
 
 class Demo:
     def __init__(self, out: str, config: DemoConfig, resume: bool = False):
-        self.out = Path(out)
+        self.out = Path(out).resolve()
         self.config = config
         self.record_path = self.out / "stages.json"
         if resume and self.record_path.is_file():

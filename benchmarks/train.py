@@ -472,8 +472,10 @@ def print_table(args, f: dict, n: int) -> None:
         cpu = f.get(f"{key}_cpu")
         if cpu:
             top = ", ".join(f"{n} {v:.2f}" for g, n, v in cpu["top"][:3])
-            notes.append(f"CPU cores in use during {label}: training {cpu['trainer']:.2f}, this run's Ray processes "
-                         f"and driver {cpu['ray']:.2f}, foreign {cpu['foreign']:.2f} (most: {top})")
+            per_cpu = f.get(f"{key}_samples_per_cpu_s")
+            notes.append(f"CPU cores in use during {label}: training {cpu['trainer']:.2f} "
+                         f"({per_cpu or 0:,.0f} samples per CPU-s), this run's Ray processes and driver "
+                         f"{cpu['ray']:.2f}, foreign {cpu['foreign']:.2f} (most: {top})")
     foreign = max((f[k]["foreign"] for k in ("a_cpu", "b_cpu", "c_cpu", "a_idle_cpu") if f.get(k)), default=0.0)
     if foreign > 0.1:
         notes.append(f"WARNING: processes foreign to this run used up to {foreign:.2f} cores during a timed window: "
@@ -580,6 +582,10 @@ def main(argv=None) -> int:
         finally:
             if ray_started:
                 ray.shutdown()
+        for key in ("a", "b", "c", "a_idle"):  # samples per CPU-second the training processes got
+            cpu = figures.get(f"{key}_cpu")
+            if cpu and cpu["trainer"] > 0:
+                figures[f"{key}_samples_per_cpu_s"] = figures[f"{key}_samples_per_s"] / cpu["trainer"]
         figures["b_over_a"] = figures["b_samples_per_s"] / figures["a_samples_per_s"]
         figures["c_over_b"] = figures["c_samples_per_s"] / figures["b_samples_per_s"]
         figures["wall_s"] = time.monotonic() - wall_start

@@ -197,3 +197,25 @@ def test_box_actions_without_vector_untrained_tiny_model():
         model.step(state, torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="conditions on 4 frames"):
         model.initial_state(context.select(slice(0, 1)).__class__(context.frames[:1, :2], context.actions[:1, :2]))
+
+
+def test_eval_model_fidelity_table_and_gif(diffusion_run, tmp_path):
+    import subprocess
+
+    import imageio.v3 as iio
+
+    out = subprocess.run(
+        [sys.executable, "-m", "worldmodel.cli", "eval-model", "--bundle", diffusion_run["bundle"], "--store",
+         diffusion_run["store"], "--out", str(tmp_path), "--json", "--fidelity-episodes", "4"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    fidelity = json.loads(out)["fidelity"]
+    assert set(fidelity["rows"]) == {"copy last frame", "vmc", "diffusion"}
+    for name, per in fidelity["rows"].items():
+        assert per["1"]["frames"] > 0 and np.isfinite(per["1"]["psnr"]) and -1 <= per["1"]["ssim"] <= 1, name
+    frames = iio.imread(fidelity["gif"], index=None)
+    assert frames.ndim == 4 and frames.shape[2] == 3 * 64 * 3 + 2 * 2  # real | VMC | diffusion, 3x
+    from worldmodel.evaluate import format_fidelity_table
+
+    table = format_fidelity_table(fidelity)
+    assert "PSNR@16" in table and "diffusion" in table

@@ -138,7 +138,7 @@ def evaluate_fidelity(
     is scored for each h in `horizons`. Step 1 is the next frame from a real (teacher-forced) context,
     later steps are autoregressive. A start counts for horizon h only when the episode has frame
     s + h. With `out`, writes out/real_vmc_diffusion.gif: real | VMC dream | diffusion dream from the
-    first start, under the same actions.
+    start with the longest real continuation (up to the longest horizon), under the same actions.
     """
     import piq
 
@@ -210,8 +210,9 @@ def evaluate_fidelity(
     if out is not None:
         from worldmodel.media import save_gif, side_by_side
 
-        steps = int(valid[0].sum())
-        videos = [real[0, :steps]] + [predictions[n][0, :steps] for n in ("vmc", "diffusion") if n in predictions]
+        row = int(valid.sum(axis=1).argmax())  # the start with the longest real continuation
+        steps = int(valid[row].sum())
+        videos = [real[row, :steps]] + [predictions[n][row, :steps] for n in ("vmc", "diffusion") if n in predictions]
         result["gif"] = str(save_gif(Path(out) / "real_vmc_diffusion.gif", side_by_side(videos, scale=3), fps=5))
         result["gif_columns"] = ["real"] + [n for n in ("vmc", "diffusion") if n in predictions]
     return result

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from worldmodel.train.launcher import LaunchOptions, common_spec, final_checkpoint_dir, launch
+from worldmodel.train.launcher import LaunchOptions, common_spec, final_checkpoint_dir, launch, store_locations
 from worldmodel.train.presets import get_preset, loop_config, shard
 
 
@@ -79,7 +79,7 @@ def train_diffusion(
     config = {
         **loop_config(chosen, max_steps, seed),
         "window": window,
-        "stores": [str(s) for s in stores],
+        "stores": store_locations(stores),
         "vector_norm": vector_normalization(stores),
         "model": model_config.to_dict(),
         "preset": preset,

@@ -99,6 +99,11 @@ def final_checkpoint_dir(out: str | Path) -> Path:
     return found[0]
 
 
+def store_locations(stores: list[str]) -> list[str]:
+    """Stores as Ray workers must see them: local paths made absolute (workers run elsewhere), URLs as given."""
+    return [s if "://" in str(s) else str(Path(s).resolve()) for s in stores]
+
+
 def common_spec(stores: list[str]):
     from worldmodel.data import EpisodeStore, StoreError
 

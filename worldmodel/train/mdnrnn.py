@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch
+from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch, store_locations
 from worldmodel.train.presets import get_preset, loop_config, shard
 
 
@@ -125,12 +125,12 @@ def train_mdnrnn(
 
     spec = common_spec(stores)
     vae = load_pretrained(vae_dir, expected="ConvVAE")
-    latents = [encode_store(EpisodeStore.open(s), vae_dir) for s in stores]
+    latents = [encode_store(EpisodeStore.open(s), vae_dir) for s in store_locations(stores)]
     chosen = get_preset("mdnrnn", preset)
     model_config = MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, predict_delta=predict_delta, **chosen.model)
     config = {
         **loop_config(chosen, max_steps, seed),
-        "stores": [str(s) for s in stores],
+        "stores": store_locations(stores),
         "latents": latents,
         "vae": str(Path(vae_dir).resolve()),
         "vector_norm": vector_normalization(stores),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch
+from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch, store_locations
 from worldmodel.train.presets import get_preset, loop_config, shard
 
 
@@ -49,7 +49,7 @@ def train_vae(
     model_config = VAEConfig.from_spec(spec, **chosen.model)
     config = {
         **loop_config(chosen, max_steps, seed),
-        "stores": [str(s) for s in stores],
+        "stores": store_locations(stores),
         "model": model_config.to_dict(),
         "preset": preset,
     }
