@@ -21,6 +21,12 @@ are included (they are part of training). With N workers the window is the one c
 to all ranks and the aggregate is the sum of the ranks' rates (each rank samples its own
 batch of --batch frames); the rank-0 rate the loop writes to RUN/metrics.csv is printed
 beside it as a cross-check. (a) is timed the same way, from step W+1.
+
+The machine's speed drifts (by 10% and more between minutes on a shared VM), so the three
+configurations run in turn, --repeats rounds of (a), (b), (c); the best run of each counts
+(other load only ever slows a run down) and the ratios of each round are printed too. A
+/proc sampler says how many CPU cores the trainer, this run's Ray processes and processes
+foreign to the run used during each timed window, and warns when foreign load spoiled it.
 """
 
 from __future__ import annotations
@@ -77,10 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             "envs.collect.collect (2 Ray workers) first. Writes: only under --workdir (a temp dir by default): "
             "store.zarr (~7 MB for 3,000 frames, unless --store), run-1w/ and run-Nw/ (RUN/metrics.csv, Ray "
             "checkpoints, per-rank step timestamps); removed at the end unless --keep; plus Ray's own session "
-            "files. Takes: about 5-6 minutes on 2 idle CPUs with the defaults (collection ~30 s, (a) ~--seconds, "
-            "(b) and (c) ~--seconds each plus ~30 s of Ray/trainer start-up, the idle-Ray baseline "
-            "--idle-seconds); the tiny preset with --seconds 10 about 2 minutes. Run it on an otherwise idle "
-            "machine: other load slows some configurations more than others and spoils the ratios."
+            "files. Takes: about 5 minutes on 2 idle CPUs with the defaults (collection ~15 s; per round (a), (b), "
+            "(c) ~--seconds each plus ~3 s of Ray and ~10 s of trainer start-up and shutdown each, --repeats "
+            "rounds); about --repeats x (3 x --seconds + 30 s) with --store. Run it on an otherwise idle machine: "
+            "other load slows some configurations more than others and spoils the ratios (the table says how "
+            "many CPU cores processes foreign to the run took during each timed window)."
         ),
         formatter_class=_HelpFormatter,
     )
@@ -93,18 +100,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "paper"), help="VAE preset")
     parser.add_argument("--batch", type=int, default=None, help="frames per step per worker (default: the preset's)")
     parser.add_argument("--workers", type=int, default=2, help="workers of configuration (c)")
-    parser.add_argument("--seconds", type=float, default=60.0,
-                        help="measured seconds per configuration (sets the step counts of (b) and (c) from (a))")
+    parser.add_argument("--seconds", type=float, default=30.0,
+                        help="measured seconds per configuration and round (sets the step counts of (b) and (c) "
+                             "from (a))")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="rounds of (a), (b), (c) in turn; the best run of each configuration is reported")
     parser.add_argument("--warmup-steps", type=int, default=50, help="steps not timed at the start of each run")
-    parser.add_argument("--idle-seconds", type=float, default=20.0,
-                        help="seconds of a second plain-loop run at the end, with Ray up and idle (0: skip)")
+    parser.add_argument("--idle-seconds", type=float, default=0.0,
+                        help="seconds of an extra plain-loop run (a') in the last round, with Ray up and idle "
+                             "(0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of collection, model and batches")
     args = parser.parse_args(argv)
     if args.workers < 2:
         parser.error("--workers must be >= 2")
     if args.seconds <= 0 or args.idle_seconds < 0:
         parser.error("--seconds must be > 0 and --idle-seconds >= 0")
-    for name in ("frames", "episode_steps", "warmup_steps"):
+    for name in ("frames", "episode_steps", "warmup_steps", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.batch is not None and args.batch < 1:
@@ -424,21 +435,65 @@ def collect_store(args, path: str) -> dict:
     return {"collect_s": summary.seconds}
 
 
+# -- runs -----------------------------------------------------------------------
+def run_plain(args, probe: dict, threads: int, seconds: float, monitor: CpuMonitor, label: str) -> dict:
+    W = args.warmup_steps
+    load = os.getloadavg()[0]
+    print(f"{label} plain loop, {threads} threads, {W} warm-up steps + {seconds:.0f} s ...", flush=True)
+    a = analyse([plain_loop(probe, threads, W, seconds)], W, None)
+    run = {"samples_per_s": a["samples_per_s"], "steps": a["steps"], "seconds": a["seconds"], "threads": threads,
+           "median_step_ms": a["median_step_ms"], "load": load, "cpu": monitor.usage(*a["window"], a["pids"])}
+    print(f"  {run['samples_per_s']:,.0f} samples/s", flush=True)
+    return run
+
+
+def run_trainer(args, store_path: str, out: str, workers: int, steps: int, monitor: CpuMonitor, label: str) -> dict:
+    W = args.warmup_steps
+    config = build_config(args, store_path, steps)
+    load = os.getloadavg()[0]
+    print(f"{label} TorchTrainer, {workers} worker(s), {steps} steps each ...", flush=True)
+    fit = trainer_run(config, out, workers)
+    records = fit["records"]
+    t = analyse(records, W, config["checkpoint_every"])
+    run = {
+        "samples_per_s": t["samples_per_s"], "rank_samples_per_s": t["rank_samples_per_s"], "steps": t["steps"],
+        "seconds": t["seconds"], "threads": t["threads"][0], "median_step_ms": t["median_step_ms"], "load": load,
+        "cpu": monitor.usage(*t["window"], t["pids"]), "fit_s": fit["fit_s"],
+        "startup_s": min(r["times"][0] for r in records) - fit["fit_started"],
+        "csv_rank0": csv_rank0_rate(out, W, config["batch_size"]),
+        "checkpoint_every": config["checkpoint_every"], "log_every": config["log_every"],
+        "checkpoints_timed": t.get("checkpoints_timed", 0),
+        "checkpoint_extra_ms": t.get("checkpoint_extra_ms"), "samples_per_s_no_ckpt": t.get("samples_per_s_no_ckpt"),
+        "nice": records[0]["nice"], "omp_num_threads": records[0]["omp_num_threads"],
+    }
+    print(f"  {run['samples_per_s']:,.0f} samples/s", flush=True)
+    return run
+
+
+def best(runs: list[dict]) -> dict:
+    """The fastest of the repeats: other load on the machine only ever slows a run down."""
+    return max(runs, key=lambda r: r["samples_per_s"])
+
+
 # -- report ---------------------------------------------------------------------
-def print_table(args, f: dict, n: int) -> None:
+def print_table(args, f: dict, runs: dict[str, list[dict]]) -> None:
+    n = args.workers
+    a, b, c = best(runs["a"]), best(runs["b"]), best(runs["c"])
     ratio = f["b_over_a"]
     rows = [
-        (f"(a) plain PyTorch loop, {f['a_threads']} threads", f"{f['a_samples_per_s']:,.0f}", "", "", ""),
-        (f"(b) TorchTrainer, 1 worker x {f['b_threads']} threads", f"{f['b_samples_per_s']:,.0f}", "", "", ""),
-        (f"(c) TorchTrainer, {n} workers x {f['c_threads']} thread(s), sum", f"{f['c_samples_per_s']:,.0f}",
-         "", "", ""),
+        (f"(a) plain PyTorch loop, {a['threads']} threads", f"{a['samples_per_s']:,.0f}", "", "", ""),
+        (f"(b) TorchTrainer, 1 worker x {b['threads']} threads", f"{b['samples_per_s']:,.0f}", "", "", ""),
+        (f"(c) TorchTrainer, {n} workers x {c['threads']} thread(s), sum", f"{c['samples_per_s']:,.0f}", "", "", ""),
+    ]
+    if runs.get("a_idle"):
+        rows.append((f"(a') plain loop, Ray up and idle, {runs['a_idle'][0]['threads']} threads",
+                     f"{best(runs['a_idle'])['samples_per_s']:,.0f}", "", "", ""))
+    rows += [
         ("(b)/(a)", "", f"{ratio:.3f}x", f">= {TARGET_TRAINER_VS_PLAIN}x",
          "PASS" if ratio >= TARGET_TRAINER_VS_PLAIN else "MISS"),
         ("(c)/(b)", "", f"{f['c_over_b']:.3f}x", "", ""),
     ]
-    if "a_idle_samples_per_s" in f:
-        rows.insert(3, (f"(a') plain loop again, Ray up and idle, {f['a_idle_threads']} threads",
-                        f"{f['a_idle_samples_per_s']:,.0f}", "", "", ""))
+    if "b_over_a_idle" in f:
         rows.append(("(b)/(a')", "", f"{f['b_over_a_idle']:.3f}x", "", ""))
     print()
     print(f"train benchmark: ConvVAE preset {args.preset}, batch {f['batch']} per worker, {f['frames']:,} frames of "
@@ -447,39 +502,46 @@ def print_table(args, f: dict, n: int) -> None:
     print(f"{'measure':<{width}}  {'samples/s':>9}  {'ratio':>7}  {'target':>8}  result")
     for name, figure, ratio_, target, result in rows:
         print(f"{name:<{width}}  {figure:>9}  {ratio_:>7}  {target:>8}  {result}")
-    csv_b = f"{f['b_csv_rank0']:,.0f}" if f.get("b_csv_rank0") else "-"
-    csv_c = f"{f['c_csv_rank0']:,.0f}" if f.get("c_csv_rank0") else "-"
-    ranks = ", ".join(f"{r:,.0f}" for r in f["c_rank_samples_per_s"])
+
+    per_round = "; ".join(
+        f"round {i + 1}: (a) {ra['samples_per_s']:,.0f}, (b) {rb['samples_per_s']:,.0f}, (c) {rc['samples_per_s']:,.0f}"
+        f", (b)/(a) {rb['samples_per_s'] / ra['samples_per_s']:.3f}"
+        for i, (ra, rb, rc) in enumerate(zip(runs["a"], runs["b"], runs["c"]))
+    )
+    csv_b = f"{b['csv_rank0']:,.0f}" if b.get("csv_rank0") else "-"
+    csv_c = f"{c['csv_rank0']:,.0f}" if c.get("csv_rank0") else "-"
     notes = [
-        f"timed from the start of step {args.warmup_steps + 1} to the start of the last step (per-step timestamps): "
-        f"(a) {f['a_steps']} steps/{f['a_seconds']:.1f} s, (b) {f['b_steps']} steps/{f['b_seconds']:.1f} s, "
-        f"(c) {f['c_steps']} steps per rank/{f['c_seconds']:.1f} s common to all ranks",
-        f"excluded: Ray start-up {f['ray_start_s']:.1f} s; TorchTrainer start-up to the first step (b) "
-        f"{f['b_startup_s']:.1f} s, (c) {f['c_startup_s']:.1f} s; fit() in all (b) {f['b_fit_s']:.1f} s, "
-        f"(c) {f['c_fit_s']:.1f} s",
-        f"included: checkpoints every {f['checkpoint_every']} steps ((b) {f['b_checkpoints_timed']} timed, "
-        f"+{f.get('b_checkpoint_extra_ms', 0):.0f} ms each; without them (b) "
-        f"{f.get('b_samples_per_s_no_ckpt', f['b_samples_per_s']):,.0f}/s) and metrics every {f['log_every']} steps",
-        f"median step: (a) {f['a_median_step_ms']:.1f} ms, (b) {f['b_median_step_ms']:.1f} ms, "
-        f"(c) rank 0 {f['c_median_step_ms']:.1f} ms",
-        f"(c) per rank: {ranks} samples/s (DDP all-reduces every step, so the ranks move in lockstep); "
-        f"metrics.csv rank-0 rate after warm-up: (b) {csv_b}, (c) {csv_c} (x{n} = "
-        f"{(f.get('c_csv_rank0') or 0) * n:,.0f})",
-        f"Ray workers: nice {f['worker_nice']}, OMP_NUM_THREADS={f['worker_omp']}; load average before "
-        f"(a) {f['a_load']:.2f}, (b) {f['b_load']:.2f}, (c) {f['c_load']:.2f}",
+        f"best of {args.repeats} rounds of (a), (b), (c) in turn; {per_round}",
+        f"timed from the start of step {args.warmup_steps + 1} to the start of the last step (per-step "
+        f"timestamps; best runs): (a) {a['steps']} steps/{a['seconds']:.1f} s, (b) {b['steps']} steps/"
+        f"{b['seconds']:.1f} s, (c) {c['steps']} steps per rank/{c['seconds']:.1f} s common to all ranks",
+        f"excluded: Ray start-up ({', '.join(f'{s:.1f}' for s in f['ray_start_s'])} s); TorchTrainer start-up to the "
+        f"first step (b) {b['startup_s']:.1f} s, (c) {c['startup_s']:.1f} s; fit() in all (b) {b['fit_s']:.1f} s, "
+        f"(c) {c['fit_s']:.1f} s",
+        f"included: checkpoints every {b['checkpoint_every']} steps ((b) {b['checkpoints_timed']} timed, "
+        f"+{b['checkpoint_extra_ms'] or 0:.0f} ms each; without them (b) "
+        f"{b['samples_per_s_no_ckpt'] or b['samples_per_s']:,.0f}/s) and metrics every {b['log_every']} steps",
+        f"median step: (a) {a['median_step_ms']:.1f} ms, (b) {b['median_step_ms']:.1f} ms, "
+        f"(c) rank 0 {c['median_step_ms']:.1f} ms",
+        f"(c) per rank: {', '.join(f'{r:,.0f}' for r in c['rank_samples_per_s'])} samples/s (DDP all-reduces every "
+        f"step: the ranks move in lockstep); metrics.csv rank-0 rate after warm-up: (b) {csv_b}, (c) {csv_c} "
+        f"(x{n} = {(c.get('csv_rank0') or 0) * n:,.0f})",
+        f"Ray workers: nice {b['nice']}, OMP_NUM_THREADS={b['omp_num_threads']} (the loop sets torch's threads); "
+        f"load average before (a) {a['load']:.2f}, (b) {b['load']:.2f}, (c) {c['load']:.2f}",
     ]
     for key, label in (("a", "(a)"), ("b", "(b)"), ("c", "(c)"), ("a_idle", "(a')")):
-        cpu = f.get(f"{key}_cpu")
+        if not runs.get(key):
+            continue
+        cpu = best(runs[key]).get("cpu")
         if cpu:
-            top = ", ".join(f"{n} {v:.2f}" for g, n, v in cpu["top"][:3])
-            per_cpu = f.get(f"{key}_samples_per_cpu_s")
-            notes.append(f"CPU cores in use during {label}: training {cpu['trainer']:.2f} "
-                         f"({per_cpu or 0:,.0f} samples per CPU-s), this run's Ray processes and driver "
-                         f"{cpu['ray']:.2f}, foreign {cpu['foreign']:.2f} (most: {top})")
-    foreign = max((f[k]["foreign"] for k in ("a_cpu", "b_cpu", "c_cpu", "a_idle_cpu") if f.get(k)), default=0.0)
-    if foreign > 0.1:
-        notes.append(f"WARNING: processes foreign to this run used up to {foreign:.2f} cores during a timed window: "
-                     "the figures are spoiled by other load; rerun on an idle machine")
+            top = ", ".join(f"{n_} {v:.2f}" for g, n_, v in cpu["top"][:3])
+            per_cpu = best(runs[key])["samples_per_s"] / cpu["trainer"] if cpu["trainer"] > 0 else 0.0
+            notes.append(f"CPU cores in use during {label}: training {cpu['trainer']:.2f} ({per_cpu:,.0f} samples "
+                         f"per CPU-s), this run's Ray processes and driver {cpu['ray']:.2f}, foreign "
+                         f"{cpu['foreign']:.2f} (most: {top or '-'})")
+    if f["foreign_max"] > 0.1:
+        notes.append(f"WARNING: processes foreign to this run used up to {f['foreign_max']:.2f} cores during a timed "
+                     "window: the figures are spoiled by other load; rerun on an idle machine")
     for note in notes:
         print(f"  {note}")
 
@@ -490,116 +552,86 @@ def main(argv=None) -> int:
     created_workdir = args.workdir is None or not os.path.exists(args.workdir)
     workdir = tempfile.mkdtemp(prefix="wm-bench-train-") if args.workdir is None else args.workdir
     os.makedirs(workdir, exist_ok=True)
-    run_1w, run_nw = os.path.join(workdir, "run-1w"), os.path.join(workdir, f"run-{args.workers}w")
-    ours = [run_1w, run_nw] + ([] if args.store else [os.path.join(workdir, "store.zarr")])
+    run_dirs = [os.path.join(workdir, f"run-{w}w-{r + 1}") for r in range(args.repeats) for w in (1, args.workers)]
+    ours = run_dirs + ([] if args.store else [os.path.join(workdir, "store.zarr")])
     clash = [p for p in ours if os.path.exists(p)]
     if clash:
         raise SystemExit(f"{clash[0]} exists: choose another --workdir (or pass --store to reuse a store)")
-    figures: dict = {}
+    figures: dict = {"ray_start_s": []}
+    runs: dict[str, list[dict]] = {"a": [], "b": [], "c": [], "a_idle": []}
     monitor = CpuMonitor().start()
     try:
+        import ray
+
+        from worldmodel.data import EpisodeStore
+        from worldmodel.raycluster import init_ray
+
         print(f"train benchmark: workdir {workdir}", flush=True)
         store_path = args.store or os.path.join(workdir, "store.zarr")
         if not args.store:
             figures.update(collect_store(args, store_path))
-        from worldmodel.data import EpisodeStore
-
         store = EpisodeStore.open(store_path)
         figures.update(env=store.spec.env_id or args.env, frames=store.num_steps, episodes=store.num_episodes)
         probe = build_config(args, store_path, 1)
-        figures["batch"] = probe["batch_size"]
-        W, B = args.warmup_steps, probe["batch_size"]
-
-        # (a): before Ray starts; the threads a 1-worker TorchTrainer will get (checked against (b) below).
-        threads = default_threads(1)
-        figures["a_load"] = os.getloadavg()[0]
-        print(f"(a) plain loop, {threads} threads, {W} warm-up steps + {args.seconds:.0f} s ...", flush=True)
-        plain = plain_loop(probe, threads, W, args.seconds)
-        a = analyse([plain], W, None)
-        figures["a_cpu"] = monitor.usage(*a["window"], a["pids"])
-        figures.update(a_samples_per_s=a["samples_per_s"], a_steps=a["steps"], a_seconds=a["seconds"],
-                       a_threads=threads, a_median_step_ms=a["median_step_ms"])
-        print(f"  {a['samples_per_s']:,.0f} samples/s", flush=True)
-
-        import ray
-
-        from worldmodel.raycluster import init_ray
-
-        started = time.monotonic()
-        ray_started = init_ray()
-        figures["ray_start_s"] = time.monotonic() - started
-        try:
-            # (b): steps for about --seconds at (a)'s rate.
-            steps_b = W + max(20, math.ceil(args.seconds * a["samples_per_s"] / B))
-            if ray_threads(1) != threads:
-                print(f"  note: a 1-worker TorchTrainer gets {ray_threads(1)} threads, (a) ran with {threads}")
-            figures["b_load"] = os.getloadavg()[0]
-            config_b = build_config(args, store_path, steps_b)
-            figures.update(checkpoint_every=config_b["checkpoint_every"], log_every=config_b["log_every"])
-            print(f"(b) TorchTrainer, 1 worker, {steps_b} steps ...", flush=True)
-            b_run = trainer_run(config_b, run_1w, 1)
-            b = analyse(b_run["records"], W, figures["checkpoint_every"])
-            figures.update(
-                b_samples_per_s=b["samples_per_s"], b_steps=b["steps"], b_seconds=b["seconds"],
-                b_threads=b["threads"][0], b_median_step_ms=b["median_step_ms"], b_fit_s=b_run["fit_s"],
-                b_startup_s=b_run["records"][0]["times"][0] - b_run["fit_started"],
-                b_checkpoints_timed=b.get("checkpoints_timed", 0),
-                b_csv_rank0=csv_rank0_rate(run_1w, W, B),
-                worker_nice=b_run["records"][0]["nice"], worker_omp=b_run["records"][0]["omp_num_threads"],
-            )
-            figures["b_cpu"] = monitor.usage(*b["window"], b["pids"])
-            for key in ("checkpoint_extra_ms", "samples_per_s_no_ckpt"):
-                if key in b:
-                    figures[f"b_{key}"] = b[key]
-            print(f"  {b['samples_per_s']:,.0f} samples/s", flush=True)
-
-            # (c): steps per rank for about --seconds if N workers matched (b) together.
-            n = args.workers
-            steps_c = W + max(20, math.ceil(args.seconds * b["samples_per_s"] / (B * n)))
-            figures["c_load"] = os.getloadavg()[0]
-            print(f"(c) TorchTrainer, {n} workers, {steps_c} steps each ...", flush=True)
-            c_run = trainer_run(build_config(args, store_path, steps_c), run_nw, n)
-            c = analyse(c_run["records"], W, figures["checkpoint_every"])
-            figures.update(
-                c_samples_per_s=c["samples_per_s"], c_rank_samples_per_s=c["rank_samples_per_s"],
-                c_steps=c["steps"], c_seconds=c["seconds"], c_threads=c["threads"][0],
-                c_median_step_ms=c["median_step_ms"], c_fit_s=c_run["fit_s"],
-                c_startup_s=min(r["times"][0] for r in c_run["records"]) - c_run["fit_started"],
-                c_csv_rank0=csv_rank0_rate(run_nw, W, B),
-                c_cpu=monitor.usage(*c["window"], c["pids"]),
-            )
-            print(f"  {c['samples_per_s']:,.0f} samples/s", flush=True)
-
-            # (a'): the plain loop again, Ray up and idle: Ray's background cost, and drift since (a).
-            if args.idle_seconds:
-                idle_threads = ray_threads(1)
-                print(f"(a') plain loop, Ray up and idle, {idle_threads} threads, {args.idle_seconds:.0f} s ...",
-                      flush=True)
-                again = analyse([plain_loop(probe, idle_threads, W, args.idle_seconds)], W, None)
-                figures["a_idle_cpu"] = monitor.usage(*again["window"], again["pids"])
-                figures.update(a_idle_samples_per_s=again["samples_per_s"], a_idle_threads=idle_threads,
-                               b_over_a_idle=figures["b_samples_per_s"] / again["samples_per_s"])
-        finally:
-            if ray_started:
-                ray.shutdown()
-        for key in ("a", "b", "c", "a_idle"):  # samples per CPU-second the training processes got
-            cpu = figures.get(f"{key}_cpu")
-            if cpu and cpu["trainer"] > 0:
-                figures[f"{key}_samples_per_cpu_s"] = figures[f"{key}_samples_per_s"] / cpu["trainer"]
-        figures["b_over_a"] = figures["b_samples_per_s"] / figures["a_samples_per_s"]
-        figures["c_over_b"] = figures["c_samples_per_s"] / figures["b_samples_per_s"]
+        figures["batch"] = B = probe["batch_size"]
+        W, n = args.warmup_steps, args.workers
+        threads = default_threads(1)  # what a 1-worker TorchTrainer gets (checked once Ray is up)
+        for r in range(args.repeats):
+            tag = f"[{r + 1}/{args.repeats}]"
+            # (a): no Ray running.
+            a = run_plain(args, probe, threads, args.seconds, monitor, f"{tag} (a)")
+            runs["a"].append(a)
+            started = time.monotonic()
+            ray_started = init_ray()
+            figures["ray_start_s"].append(time.monotonic() - started)
+            try:
+                if ray_threads(1) != threads:
+                    print(f"  note: a 1-worker TorchTrainer gets {ray_threads(1)} threads, (a) ran with {threads}")
+                # (b): steps for about --seconds at (a)'s rate.
+                steps = W + max(20, math.ceil(args.seconds * a["samples_per_s"] / B))
+                b = run_trainer(args, store_path, os.path.join(workdir, f"run-1w-{r + 1}"), 1, steps, monitor,
+                                f"{tag} (b)")
+                runs["b"].append(b)
+                # (c): steps per rank for about --seconds if N workers together matched (b).
+                steps = W + max(20, math.ceil(args.seconds * b["samples_per_s"] / (B * n)))
+                runs["c"].append(run_trainer(args, store_path, os.path.join(workdir, f"run-{n}w-{r + 1}"), n, steps,
+                                             monitor, f"{tag} (c)"))
+                # (a'): the plain loop with Ray up and idle: what Ray's background costs.
+                if args.idle_seconds and r == args.repeats - 1:
+                    runs["a_idle"].append(run_plain(args, probe, ray_threads(1), args.idle_seconds, monitor,
+                                                    f"{tag} (a')"))
+            finally:
+                if ray_started:
+                    ray.shutdown()
+        a, b, c = best(runs["a"]), best(runs["b"]), best(runs["c"])
+        figures.update(
+            a_samples_per_s=a["samples_per_s"], b_samples_per_s=b["samples_per_s"], c_samples_per_s=c["samples_per_s"],
+            b_over_a=b["samples_per_s"] / a["samples_per_s"], c_over_b=c["samples_per_s"] / b["samples_per_s"],
+            b_over_a_per_round=[rb["samples_per_s"] / ra["samples_per_s"] for ra, rb in zip(runs["a"], runs["b"])],
+            c_over_b_per_round=[rc["samples_per_s"] / rb["samples_per_s"] for rb, rc in zip(runs["b"], runs["c"])],
+            a_threads=a["threads"], b_threads=b["threads"], c_threads=c["threads"],
+            c_rank_samples_per_s=c["rank_samples_per_s"],
+        )
+        if runs["a_idle"]:
+            figures["a_idle_samples_per_s"] = best(runs["a_idle"])["samples_per_s"]
+            figures["b_over_a_idle"] = b["samples_per_s"] / figures["a_idle_samples_per_s"]
+        figures["foreign_max"] = max((r["cpu"]["foreign"] for rs in runs.values() for r in rs if r.get("cpu")),
+                                     default=0.0)
         figures["wall_s"] = time.monotonic() - wall_start
-        print_table(args, figures, args.workers)
+        print_table(args, figures, runs)
 
         def rounded(v):
             if isinstance(v, float):
                 return round(v, 4)
-            if isinstance(v, list):
+            if isinstance(v, list | tuple):
                 return [rounded(x) for x in v]
+            if isinstance(v, dict):
+                return {k: rounded(x) for k, x in v.items()}
             return v
 
-        print(json.dumps({"benchmark": "train", "preset": args.preset, "workers": args.workers,
-                          **{k: rounded(v) for k, v in figures.items()}}))
+        print(json.dumps({"benchmark": "train", "preset": args.preset, "workers": n, "repeats": args.repeats,
+                          **{k: rounded(v) for k, v in figures.items()},
+                          "runs": {k: rounded(v) for k, v in runs.items() if v}}))
     finally:
         monitor.stop()
         if not args.keep:
