@@ -1,8 +1,10 @@
 """The gRPC simulation service: `worldmodel serve BUNDLE...` (grpc.aio).
 
 Sessions hold world-model states; step calls of all sessions on one model are
-fused by a dynamic batcher. Standard health checking and reflection. Every
-bad request gets a status that says what is wrong and harms no other session.
+fused by a dynamic batcher. The same port also speaks dm_env_rpc v1
+(services/dm_environment.py) over the same sessions and batchers. Standard
+health checking and reflection. Every bad request gets a status that says
+what is wrong and harms no other session.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class ServerConfig:
     grace_s: float = 5.0
     """How long SIGTERM waits for in-flight calls."""
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    dm_env_rpc: bool = True
+    """Also serve dm_env_rpc.v1.Environment (services/dm_environment.py) on the same port."""
 
 
 class SimulatorService(pb_grpc.SimulatorServicer):
@@ -93,7 +97,7 @@ class SimulatorService(pb_grpc.SimulatorServicer):
                 raise ValueError(f"num_envs must be >= 1, got {num_envs}")
             self.registry.check_envs(num_envs)
             self.registry.check_capacity()
-            self._check_message_size(served, num_envs, observation, png)
+            self.check_message_size(served, num_envs, observation, png)
             dreams = DreamBatch(
                 served.models[backend], num_envs, observation=observation,
                 max_episode_steps=request.max_episode_steps,
@@ -109,7 +113,7 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         log.info("session %s: %s/%s, %d envs, %s", session.id, served.name, backend, num_envs, observation)
         return pb.CreateSessionResponse(session_id=session.id, model=self._info(served), backend=backend, num_envs=num_envs)
 
-    def _check_message_size(self, served: ServedModel, num_envs: int, observation: str, png: bool) -> None:
+    def check_message_size(self, served: ServedModel, num_envs: int, observation: str, png: bool) -> None:
         """A session whose step replies could not be sent is refused up front (PNG sizes vary: not checked)."""
         spec = served.spec
         per_env = 4 + 1 + 1  # reward, terminated, truncated
@@ -294,9 +298,19 @@ async def start_server(bundles: dict[str, str | Path], config: ServerConfig) -> 
     interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     pb_grpc.add_SimulatorServicer_to_server(service, server)
+    served_services = [SERVICE_NAME]
+    if config.dm_env_rpc:
+        from dm_env_rpc.v1 import dm_env_rpc_pb2_grpc
+
+        from services.dm_environment import SERVICE_NAME as DM_SERVICE_NAME
+        from services.dm_environment import EnvironmentService
+
+        environment = EnvironmentService(models, service.registry, service.check_message_size)
+        dm_env_rpc_pb2_grpc.add_EnvironmentServicer_to_server(environment, server)
+        served_services.append(DM_SERVICE_NAME)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    names = (*served_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     address = f"{config.host}:{config.port}"
     if config.tls_cert or config.tls_key:
@@ -310,7 +324,8 @@ async def start_server(bundles: dict[str, str | Path], config: ServerConfig) -> 
         raise OSError(f"could not bind {address}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    for name in served_services:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     for name in models:
         await health_servicer.set(f"{SERVICE_NAME}/{name}", health_pb2.HealthCheckResponse.SERVING)
     tasks = [asyncio.create_task(service.evict_forever(), name="evict-idle-sessions")]

@@ -1,8 +1,11 @@
-"""Shared fixtures: one embedded Ray on 127.0.0.1 for the whole session, and small real stores."""
+"""Shared fixtures: one embedded Ray on 127.0.0.1 for the whole session, small real stores and bundles,
+and the background asyncio loop that in-process gRPC servers run on."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 
 # Before anything imports Ray or pygame (NOTES.md): loopback only, no usage stats, quiet.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -51,3 +54,50 @@ def vmc_runs(tmp_path_factory, cartpole_store) -> dict[str, str]:
     mdnrnn = train_mdnrnn([cartpole_store], str(vae), LaunchOptions(out=str(root / "mdnrnn")), preset="tiny", max_steps=40)
     bundle = write_vmc_bundle(root / "bundle", vae, mdnrnn, [cartpole_store], contexts=16)
     return {"vae": str(root / "vae"), "mdnrnn": str(root / "mdnrnn"), "bundle": str(bundle), "store": cartpole_store}
+
+
+@pytest.fixture(scope="session")
+def loop():
+    """An asyncio loop on a background thread: the servers' home while the test thread plays client."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="grpc-server-loop", daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def box_bundle(tmp_path_factory) -> str:
+    """An untrained V-M-C bundle whose actions are a Box (CarRacing's bounds), with random start frames."""
+    from worldmodel.bundle import write_vmc_bundle
+    from worldmodel.data import EpisodeStore
+    from worldmodel.models import MDNRNN, ConvVAE, MDNRNNConfig, VAEConfig
+    from worldmodel.models.io import save_pretrained
+    from worldmodel.spec import ActionSpec, EnvSpec, ImageSpec
+    from worldmodel.train.presets import get_preset
+
+    import numpy as np
+    import torch
+
+    root = tmp_path_factory.mktemp("box")
+    spec = EnvSpec(ImageSpec(64, 64, 3), ActionSpec.box([-1, 0, 0], [1, 1, 1]), env_id="BoxTest-v0")
+    store = EpisodeStore.create(str(root / "store.zarr"), spec)
+    rng = np.random.default_rng(0)
+    with store.writer() as writer:
+        for _ in range(2):
+            writer.write_episode({
+                "image": rng.integers(0, 256, (6, 64, 64, 3), dtype=np.uint8),
+                "action": rng.uniform([-1, 0, 0], [1, 1, 1], (6, 3)).astype(np.float32),
+                "reward": np.zeros(6, np.float32),
+                "terminated": np.zeros(6, bool),
+                "truncated": np.zeros(6, bool),
+            })
+    torch.manual_seed(0)
+    vae = ConvVAE(VAEConfig(**get_preset("vae", "tiny").model))
+    mdnrnn = MDNRNN(MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, **get_preset("mdnrnn", "tiny").model))
+    extra = {"spec": spec.to_dict(), "training": {"vector_norm": {"mean": [], "std": []}}}
+    save_pretrained(vae, root / "vae", extra)
+    save_pretrained(mdnrnn, root / "mdnrnn", extra)
+    return str(write_vmc_bundle(root / "bundle", root / "vae", root / "mdnrnn", [store.location], contexts=4))

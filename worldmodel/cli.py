@@ -207,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
         tls_cert=args.tls_cert, tls_key=args.tls_key, device=args.device,
         batcher=BatcherConfig(window_s=args.batch_window_ms / 1000, max_batch_envs=args.max_batch_envs,
                               enabled=not args.no_batching),
+        dm_env_rpc=not args.no_dm_env_rpc,
     )
 
     def ready(running) -> None:
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="serve bundles over gRPC (worldmodel.v1.Simulator, health, reflection)",
+        help="serve bundles over gRPC (worldmodel.v1.Simulator and dm_env_rpc.v1.Environment, health, reflection)",
         description="Reads: the bundles. Writes: nothing (logs to stderr). Runs until SIGTERM/SIGINT, then "
         "drains in-flight calls. Start-up: a few seconds per bundle.",
     )
@@ -428,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=2.0, help="dynamic batching window")
     p.add_argument("--max-batch-envs", type=int, default=1024, help="a batch closes at this many envs")
     p.add_argument("--no-batching", action="store_true", help="step every request alone (for comparison)")
+    p.add_argument("--no-dm-env-rpc", action="store_true",
+                   help="do not also serve dm_env_rpc.v1.Environment on the same port")
     p.add_argument("--token-env", default=None, help="name of an environment variable holding the bearer token")
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)
