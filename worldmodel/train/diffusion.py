@@ -28,7 +28,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     from worldmodel.data import EpisodeStore, WindowSampler
     from worldmodel.models.diffusion import DiffusionConfig, DiffusionWorld
-    from worldmodel.train.loop import train_loop
+    from worldmodel.train.loop import seed_worker, train_loop
 
     context = ray.train.get_context()
     stores = [EpisodeStore.open(location) for location in config["stores"]]
@@ -40,6 +40,7 @@ def train_func(config: dict[str, Any]) -> None:
     denoiser_windows = WindowSampler(stores, model_config.context_length + 1, keys=frame_keys, episodes=mine)
     head_windows = WindowSampler(stores, config["window"], keys=frame_keys + ("reward", "terminated"), episodes=mine)
     mean, std = (np.asarray(config["vector_norm"][k], np.float32) for k in ("mean", "std"))
+    seed_worker(config)
     model = DiffusionWorld(model_config)
 
     def next_batch(rng):

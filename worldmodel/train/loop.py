@@ -44,6 +44,13 @@ class _ObjectiveModule(nn.Module):
         return self.objective(self.model, batch)
 
 
+def seed_worker(config: dict[str, Any]) -> None:
+    """Seed torch on this rank before the model is built: its initial weights are part of the run."""
+    import ray.train
+
+    torch.manual_seed(config["seed"] + ray.train.get_context().get_world_rank())
+
+
 def batch_rng(seed: int, rank: int, step: int) -> np.random.Generator:
     """The generator for one step's batch: the same after a resume as in an unbroken run."""
     return np.random.default_rng([seed, rank, step])
@@ -65,7 +72,7 @@ def train_loop(
     threads = int(config.get("threads_per_worker") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    torch.manual_seed(config["seed"] + rank)
+    torch.manual_seed(config["seed"] + rank)  # again: the sampling noise of training starts the same on every run
     device = ray.train.torch.get_device()
 
     start_step, optimizer_state = 0, None

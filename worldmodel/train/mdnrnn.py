@@ -78,10 +78,11 @@ def train_func(config: dict[str, Any]) -> None:
     import ray.train
 
     from worldmodel.models import MDNRNN, MDNRNNConfig
-    from worldmodel.train.loop import train_loop
+    from worldmodel.train.loop import seed_worker, train_loop
 
     context = ray.train.get_context()
     sampler = SequenceSampler(load_episodes(config, context.get_world_rank(), context.get_world_size()), config["window"])
+    seed_worker(config)
     model = MDNRNN(MDNRNNConfig.from_dict(config["model"]))
 
     def next_batch(rng):

@@ -15,13 +15,14 @@ def train_func(config: dict[str, Any]) -> None:
 
     from worldmodel.data import EpisodeStore, WindowSampler
     from worldmodel.models import ConvVAE, VAEConfig, to_model_input
-    from worldmodel.train.loop import train_loop
+    from worldmodel.train.loop import seed_worker, train_loop
 
     context = ray.train.get_context()
     stores = [EpisodeStore.open(location) for location in config["stores"]]
     episodes = [(i, ref) for i, store in enumerate(stores) for ref in store.episodes]
     mine = shard(episodes, context.get_world_rank(), context.get_world_size())
     sampler = WindowSampler(stores, 1, keys=("image",), episodes=mine)
+    seed_worker(config)
     model = ConvVAE(VAEConfig.from_dict(config["model"]))
 
     def next_batch(rng):

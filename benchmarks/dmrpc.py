@@ -1,0 +1,256 @@
+"""Benchmark of dm_env_rpc v1 on `worldmodel serve` (issue 9) vs the native StepStream, side by side.
+
+One `worldmodel serve` subprocess serves one paper-size V-M-C bundle (as benchmarks/service.py
+builds it) over both protocols. Measured in alternated rounds against it, best of --repeats:
+
+1. N asyncio agents (1 agent, then --agents), each with its own channel and one env: the native
+   StepStream (a 1-env session) vs dm_env_rpc's Process stream (a world, via dm-env-rpc's
+   AsyncConnection), pixel observations, every reply decoded as an agent must. Steps/s and latency.
+2. one blocking agent through dm-env-rpc's dm_env adaptor (`DmEnvAdaptor.step`) vs one blocking
+   agent through services.client.SimulatorClient.step_stream: what a dm_env user sees.
+
+Both protocols reach the same sessions and dynamic batcher, so a ratio below 1 is the cost of
+dm_env_rpc's wire format (a repeated-field tensor per observation, one message per env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for _key, _value in {
+    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "SDL_AUDIODRIVER": "dummy",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from service import (  # noqa: E402  (the sibling benchmark)
+    MODEL_NAME, ServeProcess, _HelpFormatter, agents_load, build_bundle, random_actions, summarize,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/dmrpc.py",
+        description=(
+            "Steps/s and latency through dm_env_rpc v1 vs the native StepStream of the same `worldmodel serve`: "
+            "1 and --agents concurrent asyncio agents (one env each), and one blocking agent through dm-env-rpc's "
+            "dm_env adaptor vs SimulatorClient.step_stream. Prints a table of ratios, then one line of JSON."
+        ),
+        epilog=(
+            "Reads: --bundle when given; otherwise builds the paper-size bundle of benchmarks/service.py first "
+            "(about 2 minutes: CarRacing-v3 collection and a few training steps on an embedded Ray). Writes: only "
+            "under --workdir (a temp dir by default, removed unless --keep): the bundle and serve.log; the server "
+            "listens on 127.0.0.1 only. Takes: about --repeats x 6 x (--warmup + --seconds) s after the bundle "
+            "(about 2.5 minutes with the defaults)."
+        ),
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("--bundle", default=None, help="an existing bundle to serve (skips building one)")
+    parser.add_argument("--workdir", default=None, help="where the built bundle goes (default: a new temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep --workdir")
+    parser.add_argument("--episodes", type=int, default=2, help="CarRacing episodes collected to build the bundle")
+    parser.add_argument("--episode-steps", type=int, default=150, help="steps per collected episode")
+    parser.add_argument("--train-steps", type=int, default=2, help="training steps of V and of M (paper preset)")
+    parser.add_argument("--agents", type=int, default=16, help="concurrent agents of the second figure")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per figure")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="alternated rounds; the best of each counts")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads in the server")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.agents < 1 or args.repeats < 1 or args.seconds <= 0 or args.warmup < 0:
+        parser.error("--agents and --repeats must be >= 1, --seconds > 0, --warmup >= 0")
+    args.observations = ["pixels"]
+    return args
+
+
+# -- dm_env_rpc load ----------------------------------------------------------------
+def _dm_action(spec, rng: np.random.Generator):
+    action = random_actions(spec, 1, rng)[0]
+    return np.int64(action) if spec.action.is_discrete else action.astype(np.float32)
+
+
+async def dm_agents_load(address: str, spec, agents: int, args) -> dict:
+    """`agents` asyncio agents, each with its own channel, world and Process stream, stepping flat out."""
+    import grpc
+    from dm_env_rpc.v1 import async_connection, tensor_utils
+    from dm_env_rpc.v1 import dm_env_rpc_pb2 as dm
+
+    channels = [grpc.aio.insecure_channel(address) for _ in range(agents)]
+    connections = [async_connection.AsyncConnection(c) for c in channels]
+    loop = asyncio.get_running_loop()
+    begin = loop.time() + args.warmup
+    end = begin + args.seconds
+    latencies: list[float] = []
+    steps = 0
+
+    async def agent(i: int, conn) -> None:
+        nonlocal steps
+        rng = np.random.default_rng(args.seed + 1000 + i)
+        settings = {"model": tensor_utils.pack_tensor(MODEL_NAME), "seed": tensor_utils.pack_tensor(args.seed + i)}
+        world = (await conn.send(dm.CreateWorldRequest(settings=settings))).world_name
+        specs = (await conn.send(dm.JoinWorldRequest(world_name=world))).specs
+        every = list(specs.observations)
+        state = (await conn.send(dm.StepRequest(requested_observations=every))).state
+        while True:
+            action = tensor_utils.pack_tensor(_dm_action(spec, rng), dtype=specs.actions[1].dtype)
+            sent = loop.time()
+            reply = await conn.send(dm.StepRequest(actions={1: action}, requested_observations=every))
+            for tensor in reply.observations.values():  # what an agent reads
+                tensor_utils.unpack_tensor(tensor)
+            done = loop.time()
+            if state == dm.RUNNING and sent >= begin and done <= end:  # a step that starts a sequence is no dream step
+                latencies.append(done - sent)
+                steps += 1
+            state = reply.state
+            if done >= end:
+                break
+        await conn.send(dm.LeaveWorldRequest())
+        await conn.send(dm.DestroyWorldRequest(world_name=world))
+
+    try:
+        await asyncio.gather(*(agent(i, c) for i, c in enumerate(connections)))
+    finally:
+        for conn in connections:
+            conn.close()
+        await asyncio.gather(*(c.close() for c in channels))
+    return summarize(latencies, steps, args.seconds)
+
+
+def adaptor_load(address: str, spec, args) -> dict:
+    """One blocking agent through dm-env-rpc's DmEnvAdaptor (a dm_env.Environment)."""
+    import grpc
+    from dm_env_rpc.v1 import connection, dm_env_adaptor
+    from dm_env_rpc.v1 import dm_env_rpc_pb2 as dm
+
+    rng = np.random.default_rng(args.seed)
+    latencies, steps = [], 0
+    with grpc.insecure_channel(address) as channel, connection.Connection(channel) as conn:
+        env, world = dm_env_adaptor.create_and_join_world(
+            conn, create_world_settings={"model": MODEL_NAME, "seed": args.seed}, join_world_settings={})
+        timestep = env.reset()
+        begin = time.perf_counter() + args.warmup
+        end = begin + args.seconds
+        while True:
+            sent = time.perf_counter()
+            timestep = env.reset() if timestep.last() else env.step({"action": _dm_action(spec, rng)})
+            done = time.perf_counter()
+            if sent >= begin and done <= end and not timestep.first():
+                latencies.append(done - sent)
+                steps += 1
+            if done >= end:
+                break
+        env.close()
+        conn.send(dm.DestroyWorldRequest(world_name=world))
+    return summarize(latencies, steps, args.seconds)
+
+
+def native_client_load(address: str, spec, args) -> dict:
+    """One blocking agent through SimulatorClient.step_stream (a 1-env session), actions fed one at a time."""
+    from services.client import SimulatorClient
+
+    rng = np.random.default_rng(args.seed)
+    latencies, steps = [], 0
+    actions: queue.Queue = queue.Queue()
+    with SimulatorClient(address, timeout=120) as client:
+        sid = client.create_session(MODEL_NAME, num_envs=1, seed=args.seed).session_id
+        client.reset(sid)
+        def fed():  # not iter(actions.get, None): that compares each array with None
+            while (action := actions.get()) is not None:
+                yield action
+
+        replies = client.step_stream(sid, fed())
+        begin = time.perf_counter() + args.warmup
+        end = begin + args.seconds
+        while True:
+            sent = time.perf_counter()
+            actions.put(random_actions(spec, 1, rng))
+            next(replies)
+            done = time.perf_counter()
+            if sent >= begin and done <= end:
+                latencies.append(done - sent)
+                steps += 1
+            if done >= end:
+                break
+        actions.put(None)
+        for _ in replies:
+            pass
+        client.close_session(sid)
+    return summarize(latencies, steps, args.seconds)
+
+
+# -- report -----------------------------------------------------------------------
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    wall_start = time.perf_counter()
+    created = args.workdir is None
+    workdir = Path(tempfile.mkdtemp(prefix="wm-bench-dmrpc-") if created else args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        print(f"dm_env_rpc benchmark: workdir {workdir}", flush=True)
+        bundle = Path(args.bundle) if args.bundle else build_bundle(args, workdir)
+        from worldmodel.bundle import read_bundle_config
+
+        spec = read_bundle_config(bundle)["spec"]
+        runs: dict[str, list[dict]] = {}
+        with ServeProcess({MODEL_NAME: bundle}, "--max-sessions", str(2 * args.agents + 8),
+                          log=workdir / "serve.log", threads=args.torch_threads or None) as server:
+            plan = [
+                ("native_1", "native StepStream, 1 agent",
+                 lambda: asyncio.run(agents_load(server.address, spec, 1, 1, "pixels", args, stream=True))),
+                ("dm_1", "dm_env_rpc, 1 agent", lambda: asyncio.run(dm_agents_load(server.address, spec, 1, args))),
+                ("native_n", f"native StepStream, {args.agents} agents",
+                 lambda: asyncio.run(agents_load(server.address, spec, args.agents, 1, "pixels", args, stream=True))),
+                ("dm_n", f"dm_env_rpc, {args.agents} agents",
+                 lambda: asyncio.run(dm_agents_load(server.address, spec, args.agents, args))),
+                ("client", "SimulatorClient.step_stream, 1 blocking agent",
+                 lambda: native_client_load(server.address, spec, args)),
+                ("adaptor", "dm_env adaptor, 1 blocking agent", lambda: adaptor_load(server.address, spec, args)),
+            ]
+            for r in range(args.repeats):
+                for name, what, run in plan:
+                    result = run()
+                    runs.setdefault(name, []).append(result)
+                    print(f"  round {r + 1}/{args.repeats}: {what}: {result['steps_per_s']:,.0f} steps/s, "
+                          f"p50 {result['p50_ms']:.2f} ms", flush=True)
+        best = {name: max(results, key=lambda x: x["steps_per_s"]) for name, results in runs.items()}
+        rows = [
+            ("1 agent, asyncio", "native_1", "dm_1"),
+            (f"{args.agents} agents, asyncio", "native_n", "dm_n"),
+            ("1 blocking agent: client / dm_env adaptor", "client", "adaptor"),
+        ]
+        wall = time.perf_counter() - wall_start
+        print()
+        print(f"dm_env_rpc vs native, {spec.env_id or 'bundle'} pixels (64x64x3 + vector), {os.cpu_count()} CPUs, "
+              f"best of {args.repeats} alternated runs of {args.seconds:g} s, {wall:.0f} s in all")
+        print(f"{'load':<44} {'native steps/s':>15} {'dm_env_rpc steps/s':>19} {'ratio':>6}  p50 ms native | dm")
+        figures: dict = {"benchmark": "dm_env_rpc", "agents": args.agents, "wall_s": round(wall, 1)}
+        for label, native, dm in rows:
+            ratio = best[dm]["steps_per_s"] / max(best[native]["steps_per_s"], 1e-9)
+            print(f"{label:<44} {best[native]['steps_per_s']:>15,.0f} {best[dm]['steps_per_s']:>19,.0f} {ratio:>5.2f}x  "
+                  f"{best[native]['p50_ms']:.2f} | {best[dm]['p50_ms']:.2f}")
+            figures[f"{dm}_over_{native}"] = round(ratio, 3)
+        figures["runs"] = {k: {m: round(v, 3) for m, v in r.items()} for k, r in best.items()}
+        print(json.dumps(figures))
+    finally:
+        if created and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
