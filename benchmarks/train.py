@@ -22,11 +22,14 @@ to all ranks and the aggregate is the sum of the ranks' rates (each rank samples
 batch of --batch frames); the rank-0 rate the loop writes to RUN/metrics.csv is printed
 beside it as a cross-check. (a) is timed the same way, from step W+1.
 
-The machine's speed drifts (by 10% and more between minutes on a shared VM), so the three
-configurations run in turn, --repeats rounds of (a), (b), (c); the best run of each counts
-(other load only ever slows a run down) and the ratios of each round are printed too. A
-/proc sampler says how many CPU cores the trainer, this run's Ray processes and processes
-foreign to the run used during each timed window, and warns when foreign load spoiled it.
+The speed of this kind of machine drifts by 10-35% from one minute to the next (seen here on
+a shared VM with no other process in it running: same code, same cores, other samples per
+CPU-second), which would swamp a 5% target. So every TorchTrainer run is sandwiched
+between two plain-loop runs, a b a c a b a c a (--repeats rounds), and each TorchTrainer
+run is compared with the mean of the two plain runs around it; the ratios reported are the
+medians of those paired ratios, (c)/(b) = median (c)/(a) over median (b)/(a). A /proc
+sampler says how many CPU cores the trainer, this run's Ray processes and processes foreign
+to the run used during each timed window, and warns when foreign load spoiled one.
 """
 
 from __future__ import annotations
@@ -73,19 +76,22 @@ def parse_args(argv=None) -> argparse.Namespace:
             "Measure samples/s of V's (ConvVAE) train step side by side in one run: (a) a plain PyTorch loop in "
             "this process, (b) train_func under Ray Train's TorchTrainer with 1 worker, (c) with --workers "
             "workers (aggregate of all ranks); same model, batch, sampler, optimizer and (for a, b) threads. "
-            "Reports (b)/(a) (target >= 0.95) and (c)/(b). Times are taken from per-step timestamps recorded "
-            "inside the workers, from step --warmup-steps + 1 on: Ray and trainer start-up are excluded, the "
-            "loop's periodic checkpoints and logging are included. Prints a table, then one line of JSON; "
-            "exits 0 whatever the figures."
+            "Reports (b)/(a) (target >= 0.95) and (c)/(b), each TorchTrainer run against the mean of the plain "
+            "runs just before and after it (the order is a b a c a b a c a: the machine's speed drifts). Times "
+            "are taken from per-step timestamps recorded inside the workers, from step --warmup-steps + 1 on: "
+            "Ray and trainer start-up are excluded, the loop's periodic checkpoints and logging are included. "
+            "Prints a table, then one line of JSON; exits 0 whatever the figures."
         ),
         epilog=(
             "Reads: --store when given. Otherwise collects a store of --frames frames of --env with "
             "envs.collect.collect (2 Ray workers) first. Writes: only under --workdir (a temp dir by default): "
-            "store.zarr (~7 MB for 3,000 frames, unless --store), run-1w/ and run-Nw/ (RUN/metrics.csv, Ray "
-            "checkpoints, per-rank step timestamps); removed at the end unless --keep; plus Ray's own session "
-            "files. Takes: about 5 minutes on 2 idle CPUs with the defaults (collection ~15 s; per round (a), (b), "
-            "(c) ~--seconds each plus ~3 s of Ray and ~10 s of trainer start-up and shutdown each, --repeats "
-            "rounds); about --repeats x (3 x --seconds + 30 s) with --store. Run it on an otherwise idle machine: "
+            "store.zarr (~7 MB for 3,000 frames, unless --store), run-1w-R/ and run-Nw-R/ per round R (RUN/metrics.csv, "
+            "Ray checkpoints, per-rank step timestamps); removed at the end unless --keep; plus Ray's own session "
+            "files. Takes: about 5 minutes on 2 idle CPUs with the defaults (collection ~15 s; per round two "
+            "plain runs of --plain-seconds and two TorchTrainer runs of about --seconds, each of these with "
+            "~15 s of Ray and trainer start-up and shutdown; a last plain run), so about "
+            "--repeats x (2 x --plain-seconds + 2 x --seconds + 40 s) + --plain-seconds with --store. "
+            "Run it on an otherwise idle machine: "
             "other load slows some configurations more than others and spoils the ratios (the table says how "
             "many CPU cores processes foreign to the run took during each timed window)."
         ),
@@ -101,20 +107,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=None, help="frames per step per worker (default: the preset's)")
     parser.add_argument("--workers", type=int, default=2, help="workers of configuration (c)")
     parser.add_argument("--seconds", type=float, default=30.0,
-                        help="measured seconds per configuration and round (sets the step counts of (b) and (c) "
-                             "from (a))")
+                        help="measured seconds of each TorchTrainer run (its steps are sized from the plain run "
+                             "before it)")
+    parser.add_argument("--plain-seconds", type=float, default=15.0, help="measured seconds of each plain run")
     parser.add_argument("--repeats", type=int, default=2,
-                        help="rounds of (a), (b), (c) in turn; the best run of each configuration is reported")
+                        help="rounds of a b a c (then a last a): each TorchTrainer configuration runs this often")
     parser.add_argument("--warmup-steps", type=int, default=50, help="steps not timed at the start of each run")
-    parser.add_argument("--idle-seconds", type=float, default=0.0,
-                        help="seconds of an extra plain-loop run (a') in the last round, with Ray up and idle "
-                             "(0: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of collection, model and batches")
     args = parser.parse_args(argv)
     if args.workers < 2:
         parser.error("--workers must be >= 2")
-    if args.seconds <= 0 or args.idle_seconds < 0:
-        parser.error("--seconds must be > 0 and --idle-seconds >= 0")
+    if args.seconds <= 0 or args.plain_seconds <= 0:
+        parser.error("--seconds and --plain-seconds must be > 0")
     for name in ("frames", "episode_steps", "warmup_steps", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -169,11 +173,17 @@ class CpuMonitor:
             except OSError:
                 continue  # gone meanwhile
             fields = stat[stat.rindex(")") + 2 :].split()  # fields[0] is the state (field 3 of proc(5))
-            if argv and "python" in os.path.basename(argv[0]) and len(argv) > 1:
-                if argv[1] == "-c":
-                    name = "python -c " + " ".join(argv[2:3])
+            if argv and " " in argv[0]:  # a process title set in place, e.g. "ray-dashboard-JobHead-0 (...)"
+                name = argv[0].split()[0]
+            elif argv and "python" in os.path.basename(argv[0]) and len(argv) > 1:
+                flags = [a for a in argv[1:] if a.startswith("-")]
+                if "-c" in argv[1:-1]:
+                    name = "python -c " + argv[argv.index("-c") + 1]
+                elif "-m" in argv[1:-1]:
+                    name = "python -m " + argv[argv.index("-m") + 1]
                 else:
-                    name = " ".join(os.path.basename(a) for a in argv[1:3])
+                    rest = [a for a in argv[1:] if a not in flags]
+                    name = os.path.basename(rest[0]) if rest else "python"
             elif argv:
                 name = os.path.basename(argv[0])
             else:
@@ -470,75 +480,76 @@ def run_trainer(args, store_path: str, out: str, workers: int, steps: int, monit
     return run
 
 
-def best(runs: list[dict]) -> dict:
-    """The fastest of the repeats: other load on the machine only ever slows a run down."""
-    return max(runs, key=lambda r: r["samples_per_s"])
+def paired(runs: list[dict], plains: list[tuple[dict, dict]]) -> list[float]:
+    """Each run's samples/s over the mean of the plain runs just before and after it."""
+    return [r["samples_per_s"] / ((p["samples_per_s"] + q["samples_per_s"]) / 2) for r, (p, q) in
+            zip(runs, plains)]
 
 
 # -- report ---------------------------------------------------------------------
 def print_table(args, f: dict, runs: dict[str, list[dict]]) -> None:
     n = args.workers
-    a, b, c = best(runs["a"]), best(runs["b"]), best(runs["c"])
+    a, b, c = runs["a"], runs["b"], runs["c"]
     ratio = f["b_over_a"]
+
+    def figures(rs: list[dict]) -> str:
+        return ", ".join(f"{r['samples_per_s']:,.0f}" for r in rs)
+
     rows = [
-        (f"(a) plain PyTorch loop, {a['threads']} threads", f"{a['samples_per_s']:,.0f}", "", "", ""),
-        (f"(b) TorchTrainer, 1 worker x {b['threads']} threads", f"{b['samples_per_s']:,.0f}", "", "", ""),
-        (f"(c) TorchTrainer, {n} workers x {c['threads']} thread(s), sum", f"{c['samples_per_s']:,.0f}", "", "", ""),
+        (f"(a) plain PyTorch loop, {a[0]['threads']} threads", f"{f['a_samples_per_s']:,.0f}", "", "", "", figures(a)),
+        (f"(b) TorchTrainer, 1 worker x {b[0]['threads']} threads", f"{f['b_samples_per_s']:,.0f}", "", "", "",
+         figures(b)),
+        (f"(c) TorchTrainer, {n} workers x {c[0]['threads']} thread(s), sum", f"{f['c_samples_per_s']:,.0f}", "", "",
+         "", figures(c)),
+        ("(b)/(a), each (b) / mean of the (a) around it", "", f"{ratio:.3f}x", f">= {TARGET_TRAINER_VS_PLAIN}x",
+         "PASS" if ratio >= TARGET_TRAINER_VS_PLAIN else "MISS", ", ".join(f"{x:.3f}" for x in f["b_over_a_each"])),
+        ("(c)/(a), the same way", "", f"{f['c_over_a']:.3f}x", "", "", ", ".join(f"{x:.3f}" for x in f["c_over_a_each"])),
+        ("(c)/(b) = (c)/(a) / (b)/(a)", "", f"{f['c_over_b']:.3f}x", "", "", ""),
     ]
-    if runs.get("a_idle"):
-        rows.append((f"(a') plain loop, Ray up and idle, {runs['a_idle'][0]['threads']} threads",
-                     f"{best(runs['a_idle'])['samples_per_s']:,.0f}", "", "", ""))
-    rows += [
-        ("(b)/(a)", "", f"{ratio:.3f}x", f">= {TARGET_TRAINER_VS_PLAIN}x",
-         "PASS" if ratio >= TARGET_TRAINER_VS_PLAIN else "MISS"),
-        ("(c)/(b)", "", f"{f['c_over_b']:.3f}x", "", ""),
-    ]
-    if "b_over_a_idle" in f:
-        rows.append(("(b)/(a')", "", f"{f['b_over_a_idle']:.3f}x", "", ""))
     print()
     print(f"train benchmark: ConvVAE preset {args.preset}, batch {f['batch']} per worker, {f['frames']:,} frames of "
           f"{f['env']}, {os.cpu_count()} CPUs, {f['wall_s']:.0f} s")
     width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'samples/s':>9}  {'ratio':>7}  {'target':>8}  result")
-    for name, figure, ratio_, target, result in rows:
-        print(f"{name:<{width}}  {figure:>9}  {ratio_:>7}  {target:>8}  {result}")
-
-    per_round = "; ".join(
-        f"round {i + 1}: (a) {ra['samples_per_s']:,.0f}, (b) {rb['samples_per_s']:,.0f}, (c) {rc['samples_per_s']:,.0f}"
-        f", (b)/(a) {rb['samples_per_s'] / ra['samples_per_s']:.3f}"
-        for i, (ra, rb, rc) in enumerate(zip(runs["a"], runs["b"], runs["c"]))
-    )
-    csv_b = f"{b['csv_rank0']:,.0f}" if b.get("csv_rank0") else "-"
-    csv_c = f"{c['csv_rank0']:,.0f}" if c.get("csv_rank0") else "-"
+    print(f"{'measure (median of the runs)':<{width}}  {'samples/s':>9}  {'ratio':>7}  {'target':>8}  {'result':<6}  runs")
+    for name, figure, ratio_, target, result, each in rows:
+        print(f"{name:<{width}}  {figure:>9}  {ratio_:>7}  {target:>8}  {result:<6}  {each}")
+    fb, fc = max(b, key=lambda r: r["samples_per_s"]), max(c, key=lambda r: r["samples_per_s"])
+    csv_b = ", ".join(f"{r['csv_rank0']:,.0f}" for r in b if r.get("csv_rank0"))
+    csv_c = ", ".join(f"{r['csv_rank0']:,.0f}" for r in c if r.get("csv_rank0"))
     notes = [
-        f"best of {args.repeats} rounds of (a), (b), (c) in turn; {per_round}",
-        f"timed from the start of step {args.warmup_steps + 1} to the start of the last step (per-step "
-        f"timestamps; best runs): (a) {a['steps']} steps/{a['seconds']:.1f} s, (b) {b['steps']} steps/"
-        f"{b['seconds']:.1f} s, (c) {c['steps']} steps per rank/{c['seconds']:.1f} s common to all ranks",
-        f"excluded: Ray start-up ({', '.join(f'{s:.1f}' for s in f['ray_start_s'])} s); TorchTrainer start-up to the "
-        f"first step (b) {b['startup_s']:.1f} s, (c) {c['startup_s']:.1f} s; fit() in all (b) {b['fit_s']:.1f} s, "
-        f"(c) {c['fit_s']:.1f} s",
-        f"included: checkpoints every {b['checkpoint_every']} steps ((b) {b['checkpoints_timed']} timed, "
-        f"+{b['checkpoint_extra_ms'] or 0:.0f} ms each; without them (b) "
-        f"{b['samples_per_s_no_ckpt'] or b['samples_per_s']:,.0f}/s) and metrics every {b['log_every']} steps",
-        f"median step: (a) {a['median_step_ms']:.1f} ms, (b) {b['median_step_ms']:.1f} ms, "
-        f"(c) rank 0 {c['median_step_ms']:.1f} ms",
-        f"(c) per rank: {', '.join(f'{r:,.0f}' for r in c['rank_samples_per_s'])} samples/s (DDP all-reduces every "
-        f"step: the ranks move in lockstep); metrics.csv rank-0 rate after warm-up: (b) {csv_b}, (c) {csv_c} "
-        f"(x{n} = {(c.get('csv_rank0') or 0) * n:,.0f})",
-        f"Ray workers: nice {b['nice']}, OMP_NUM_THREADS={b['omp_num_threads']} (the loop sets torch's threads); "
-        f"load average before (a) {a['load']:.2f}, (b) {b['load']:.2f}, (c) {c['load']:.2f}",
+        f"order: {f['order']}; timed from the start of step {args.warmup_steps + 1} to the start of the last step "
+        f"(per-step timestamps): (a) ~{a[0]['seconds']:.0f} s, (b) {fb['steps']} steps/{fb['seconds']:.0f} s, "
+        f"(c) {fc['steps']} steps per rank/{fc['seconds']:.0f} s common to all ranks",
+        f"excluded: Ray start-up ({', '.join(f'{s:.1f}' for s in f['ray_start_s'])} s); TorchTrainer start-up to "
+        f"the first step (b) {fb['startup_s']:.1f} s, (c) {fc['startup_s']:.1f} s; fit() in all (b) {fb['fit_s']:.1f} s, "
+        f"(c) {fc['fit_s']:.1f} s",
+        f"included: checkpoints every {fb['checkpoint_every']} steps ((b) {fb['checkpoints_timed']} timed, "
+        f"+{fb['checkpoint_extra_ms'] or 0:.0f} ms each; without them (b) "
+        f"{fb['samples_per_s_no_ckpt'] or fb['samples_per_s']:,.0f}/s) and metrics every {fb['log_every']} steps",
+        "median step: (a) " + ", ".join(f"{r['median_step_ms']:.1f}" for r in a) + " ms; (b) "
+        + ", ".join(f"{r['median_step_ms']:.1f}" for r in b) + " ms; (c) rank 0 "
+        + ", ".join(f"{r['median_step_ms']:.1f}" for r in c) + " ms",
+        "(c) per rank: " + "; ".join(", ".join(f"{x:,.0f}" for x in r["rank_samples_per_s"]) for r in c)
+        + f" samples/s (DDP all-reduces every step: the ranks move in lockstep); metrics.csv rank-0 rate after "
+        f"warm-up: (b) {csv_b or '-'}; (c) {csv_c or '-'} (x{n} for the sum)",
+        f"Ray workers: nice {fb['nice']}, OMP_NUM_THREADS={fb['omp_num_threads']} (the loop sets torch's threads)",
     ]
-    for key, label in (("a", "(a)"), ("b", "(b)"), ("c", "(c)"), ("a_idle", "(a')")):
-        if not runs.get(key):
+    for key, label in (("a", "(a)"), ("b", "(b)"), ("c", "(c)")):
+        cpus = [r["cpu"] for r in runs[key] if r.get("cpu")]
+        if not cpus:
             continue
-        cpu = best(runs[key]).get("cpu")
-        if cpu:
-            top = ", ".join(f"{n_} {v:.2f}" for g, n_, v in cpu["top"][:3])
-            per_cpu = best(runs[key])["samples_per_s"] / cpu["trainer"] if cpu["trainer"] > 0 else 0.0
-            notes.append(f"CPU cores in use during {label}: training {cpu['trainer']:.2f} ({per_cpu:,.0f} samples "
-                         f"per CPU-s), this run's Ray processes and driver {cpu['ray']:.2f}, foreign "
-                         f"{cpu['foreign']:.2f} (most: {top or '-'})")
+        per_cpu = [r["samples_per_s"] / r["cpu"]["trainer"] for r in runs[key] if r.get("cpu") and r["cpu"]["trainer"]]
+        tops: dict[str, float] = {}
+        for cpu in cpus:
+            for _, name, value in cpu["top"]:
+                tops[name] = max(tops.get(name, 0.0), value)
+        top = ", ".join(f"{name} {v:.2f}" for name, v in sorted(tops.items(), key=lambda x: -x[1])[:3])
+        notes.append(
+            f"CPU cores in use during {label}: training " + ", ".join(f"{x['trainer']:.2f}" for x in cpus)
+            + " (" + ", ".join(f"{x:,.0f}" for x in per_cpu) + " samples per CPU-s); this run's Ray processes and "
+            "driver " + ", ".join(f"{x['ray']:.2f}" for x in cpus) + "; foreign "
+            + ", ".join(f"{x['foreign']:.2f}" for x in cpus) + f" (most: {top or '-'})"
+        )
     if f["foreign_max"] > 0.1:
         notes.append(f"WARNING: processes foreign to this run used up to {f['foreign_max']:.2f} cores during a timed "
                      "window: the figures are spoiled by other load; rerun on an idle machine")
@@ -558,7 +569,7 @@ def main(argv=None) -> int:
     if clash:
         raise SystemExit(f"{clash[0]} exists: choose another --workdir (or pass --store to reuse a store)")
     figures: dict = {"ray_start_s": []}
-    runs: dict[str, list[dict]] = {"a": [], "b": [], "c": [], "a_idle": []}
+    runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
     monitor = CpuMonitor().start()
     try:
         import ray
@@ -576,45 +587,43 @@ def main(argv=None) -> int:
         figures["batch"] = B = probe["batch_size"]
         W, n = args.warmup_steps, args.workers
         threads = default_threads(1)  # what a 1-worker TorchTrainer gets (checked once Ray is up)
+        order = [("a", None)]
         for r in range(args.repeats):
-            tag = f"[{r + 1}/{args.repeats}]"
-            # (a): no Ray running.
-            a = run_plain(args, probe, threads, args.seconds, monitor, f"{tag} (a)")
-            runs["a"].append(a)
+            order += [("b", r), ("a", None), ("c", r), ("a", None)]
+        figures["order"] = " ".join(key for key, _ in order)
+        plains_around: dict[str, list[tuple[int, int]]] = {"b": [], "c": []}
+        for position, (key, r) in enumerate(order):
+            tag = f"[{position + 1}/{len(order)}]"
+            if key == "a":  # no Ray running
+                runs["a"].append(run_plain(args, probe, threads, args.plain_seconds, monitor, f"{tag} (a)"))
+                continue
+            plains_around[key].append((len(runs["a"]) - 1, len(runs["a"])))
             started = time.monotonic()
             ray_started = init_ray()
             figures["ray_start_s"].append(time.monotonic() - started)
             try:
                 if ray_threads(1) != threads:
                     print(f"  note: a 1-worker TorchTrainer gets {ray_threads(1)} threads, (a) ran with {threads}")
-                # (b): steps for about --seconds at (a)'s rate.
-                steps = W + max(20, math.ceil(args.seconds * a["samples_per_s"] / B))
-                b = run_trainer(args, store_path, os.path.join(workdir, f"run-1w-{r + 1}"), 1, steps, monitor,
-                                f"{tag} (b)")
-                runs["b"].append(b)
-                # (c): steps per rank for about --seconds if N workers together matched (b).
-                steps = W + max(20, math.ceil(args.seconds * b["samples_per_s"] / (B * n)))
-                runs["c"].append(run_trainer(args, store_path, os.path.join(workdir, f"run-{n}w-{r + 1}"), n, steps,
-                                             monitor, f"{tag} (c)"))
-                # (a'): the plain loop with Ray up and idle: what Ray's background costs.
-                if args.idle_seconds and r == args.repeats - 1:
-                    runs["a_idle"].append(run_plain(args, probe, ray_threads(1), args.idle_seconds, monitor,
-                                                    f"{tag} (a')"))
+                if key == "b":  # steps for about --seconds at the rate of the plain run before
+                    workers, steps = 1, W + max(20, math.ceil(args.seconds * runs["a"][-1]["samples_per_s"] / B))
+                else:  # steps per rank for about --seconds if N workers together matched the last (b)
+                    workers, steps = n, W + max(20, math.ceil(args.seconds * runs["b"][-1]["samples_per_s"] / (B * n)))
+                out = os.path.join(workdir, f"run-{workers}w-{r + 1}")
+                runs[key].append(run_trainer(args, store_path, out, workers, steps, monitor, f"{tag} ({key})"))
             finally:
                 if ray_started:
                     ray.shutdown()
-        a, b, c = best(runs["a"]), best(runs["b"]), best(runs["c"])
+        each = {key: paired(runs[key], [(runs["a"][i], runs["a"][j]) for i, j in plains_around[key]])
+                for key in ("b", "c")}
         figures.update(
-            a_samples_per_s=a["samples_per_s"], b_samples_per_s=b["samples_per_s"], c_samples_per_s=c["samples_per_s"],
-            b_over_a=b["samples_per_s"] / a["samples_per_s"], c_over_b=c["samples_per_s"] / b["samples_per_s"],
-            b_over_a_per_round=[rb["samples_per_s"] / ra["samples_per_s"] for ra, rb in zip(runs["a"], runs["b"])],
-            c_over_b_per_round=[rc["samples_per_s"] / rb["samples_per_s"] for rb, rc in zip(runs["b"], runs["c"])],
-            a_threads=a["threads"], b_threads=b["threads"], c_threads=c["threads"],
-            c_rank_samples_per_s=c["rank_samples_per_s"],
+            a_samples_per_s=statistics.median(r["samples_per_s"] for r in runs["a"]),
+            b_samples_per_s=statistics.median(r["samples_per_s"] for r in runs["b"]),
+            c_samples_per_s=statistics.median(r["samples_per_s"] for r in runs["c"]),
+            b_over_a=statistics.median(each["b"]), c_over_a=statistics.median(each["c"]),
+            b_over_a_each=each["b"], c_over_a_each=each["c"],
+            a_threads=runs["a"][0]["threads"], b_threads=runs["b"][0]["threads"], c_threads=runs["c"][0]["threads"],
         )
-        if runs["a_idle"]:
-            figures["a_idle_samples_per_s"] = best(runs["a_idle"])["samples_per_s"]
-            figures["b_over_a_idle"] = b["samples_per_s"] / figures["a_idle_samples_per_s"]
+        figures["c_over_b"] = figures["c_over_a"] / figures["b_over_a"]
         figures["foreign_max"] = max((r["cpu"]["foreign"] for rs in runs.values() for r in rs if r.get("cpu")),
                                      default=0.0)
         figures["wall_s"] = time.monotonic() - wall_start
@@ -631,7 +640,7 @@ def main(argv=None) -> int:
 
         print(json.dumps({"benchmark": "train", "preset": args.preset, "workers": n, "repeats": args.repeats,
                           **{k: rounded(v) for k, v in figures.items()},
-                          "runs": {k: rounded(v) for k, v in runs.items() if v}}))
+                          "runs": {k: rounded(v) for k, v in runs.items()}}))
     finally:
         monitor.stop()
         if not args.keep:
