@@ -101,3 +101,42 @@ def box_bundle(tmp_path_factory) -> str:
     save_pretrained(vae, root / "vae", extra)
     save_pretrained(mdnrnn, root / "mdnrnn", extra)
     return str(write_vmc_bundle(root / "bundle", root / "vae", root / "mdnrnn", [store.location], contexts=4))
+
+
+# -- in-process gRPC servers (tests/test_service.py, tests/test_dm_env_rpc.py) ---------------------------
+def on_loop(loop, coroutine, timeout: float = 60):
+    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
+
+
+@pytest.fixture(scope="module")
+def served_bundles(vmc_runs, box_bundle) -> dict[str, str]:
+    return {"cartpole": vmc_runs["bundle"], "box": box_bundle}
+
+
+@pytest.fixture(scope="module")
+def server(loop, served_bundles):
+    """The default server: both models, batching on, no auth."""
+    from services.server import ServerConfig, start_server
+
+    running = on_loop(loop, start_server(served_bundles, ServerConfig(port=0)))
+    yield running
+    on_loop(loop, running.stop(0))
+
+
+@pytest.fixture
+def serve(loop, served_bundles):
+    """Start a server with other settings (`serve(idle_ttl_s=0.3)`); it stops after the test."""
+    from services.batcher import BatcherConfig
+    from services.server import ServerConfig, start_server
+
+    started = []
+
+    def start(**options):
+        config = ServerConfig(port=0, batcher=options.pop("batcher", BatcherConfig()), **options)
+        running = on_loop(loop, start_server(served_bundles, config))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        on_loop(loop, running.stop(0))

@@ -4,7 +4,6 @@ bundle (discrete actions, a vector observation) and the untrained Box-action bun
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -20,41 +19,9 @@ import worldmodel
 from services.batcher import BatcherConfig
 from services.client import SimulatorClient
 from services.dm_environment import SERVICE_NAME as DM_SERVICE
-from services.server import ServerConfig, start_server
 from worldmodel.session import DreamBatch
 
 Code = grpc.StatusCode
-
-
-def on(loop, coroutine, timeout: float = 60):
-    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
-
-
-@pytest.fixture(scope="module")
-def bundles(vmc_runs, box_bundle) -> dict[str, str]:
-    return {"cartpole": vmc_runs["bundle"], "box": box_bundle}
-
-
-@pytest.fixture(scope="module")
-def server(loop, bundles):
-    running = on(loop, start_server(bundles, ServerConfig(port=0)))
-    yield running
-    on(loop, running.stop(0))
-
-
-@pytest.fixture
-def serve(loop, bundles):
-    """A server with other settings for one test."""
-    started = []
-
-    def start(**options):
-        running = on(loop, start_server(bundles, ServerConfig(port=0, **options)))
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        on(loop, running.stop(0))
 
 
 def address(running) -> str:

@@ -9,7 +9,6 @@ bounds and NaN need a box).
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ipaddress
 import queue
@@ -32,7 +31,7 @@ import worldmodel
 from services import wire
 from services.batcher import BatcherConfig
 from services.client import SimulatorClient
-from services.server import SERVICE_NAME, ServerConfig, start_server
+from services.server import SERVICE_NAME
 from worldmodel.session import DreamBatch
 from worldmodel.v1 import simulator_pb2 as pb
 
@@ -41,39 +40,6 @@ Code = grpc.StatusCode
 
 
 # -- servers ------------------------------------------------------------------
-def on(loop, coroutine, timeout: float = 60):
-    return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
-
-
-@pytest.fixture(scope="module")
-def bundles(vmc_runs, box_bundle) -> dict[str, str]:
-    return {"cartpole": vmc_runs["bundle"], "box": box_bundle}
-
-
-@pytest.fixture(scope="module")
-def server(loop, bundles):
-    """The default server: both models, batching on, no auth."""
-    running = on(loop, start_server(bundles, ServerConfig(port=0)))
-    yield running
-    on(loop, running.stop(0))
-
-
-@pytest.fixture
-def serve(loop, bundles):
-    """Start a server with other settings (`serve(idle_ttl_s=0.3)`); it stops after the test."""
-    started = []
-
-    def start(**options):
-        config = ServerConfig(port=0, batcher=options.pop("batcher", BatcherConfig()), **options)
-        running = on(loop, start_server(bundles, config))
-        started.append(running)
-        return running
-
-    yield start
-    for running in started:
-        on(loop, running.stop(0))
-
-
 def address(running) -> str:
     return f"127.0.0.1:{running.port}"
 
