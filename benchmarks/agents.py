@@ -23,16 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import set_quiet_env  # while this folder is still on the import path
+
 # This file is named after the package it measures: keep its own folder off the import path.
 sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+set_quiet_env()
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 
 def build_bundle(workdir: str) -> str:

@@ -20,26 +20,20 @@ import asyncio
 import json
 import os
 import queue
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-for _key, _value in {
-    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "SDL_AUDIODRIVER": "dummy",
-}.items():
-    os.environ.setdefault(_key, _value)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    HelpFormatter, ServeProcess, add_bundle_arguments, build_bundle, scratch_workdir, set_quiet_env,
+)
+
+set_quiet_env()
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service import (  # noqa: E402  (the sibling benchmark)
-    MODEL_NAME, ServeProcess, _HelpFormatter, agents_load, build_bundle, random_actions, summarize,
-)
+from service import MODEL_NAME, agents_load, random_actions, summarize  # noqa: E402  (the sibling benchmark)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,14 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             "listens on 127.0.0.1 only. Takes: about --repeats x 6 x (--warmup + --seconds) s after the bundle "
             "(about 2.5 minutes with the defaults)."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--bundle", default=None, help="an existing bundle to serve (skips building one)")
-    parser.add_argument("--workdir", default=None, help="where the built bundle goes (default: a new temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep --workdir")
-    parser.add_argument("--episodes", type=int, default=2, help="CarRacing episodes collected to build the bundle")
-    parser.add_argument("--episode-steps", type=int, default=150, help="steps per collected episode")
-    parser.add_argument("--train-steps", type=int, default=2, help="training steps of V and of M (paper preset)")
+    add_bundle_arguments(parser)
     parser.add_argument("--agents", type=int, default=16, help="concurrent agents of the second figure")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per figure")
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
@@ -197,10 +186,7 @@ def native_client_load(address: str, spec, args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     wall_start = time.perf_counter()
-    created = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="wm-bench-dmrpc-") if created else args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch_workdir(args, "wm-bench-dmrpc-") as workdir:
         print(f"dm_env_rpc benchmark: workdir {workdir}", flush=True)
         bundle = Path(args.bundle) if args.bundle else build_bundle(args, workdir)
         from worldmodel.bundle import read_bundle_config
@@ -246,9 +232,6 @@ def main(argv=None) -> int:
             figures[f"{dm}_over_{native}"] = round(ratio, 3)
         figures["runs"] = {k: {m: round(v, 3) for m, v in r.items()} for k, r in best.items()}
         print(json.dumps(figures))
-    finally:
-        if created and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

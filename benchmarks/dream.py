@@ -26,17 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 import time
 
-for _key, _value in {
-    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "SDL_AUDIODRIVER": "dummy",
-}.items():
-    os.environ.setdefault(_key, _value)
+from common import scratch_workdir, set_quiet_env
+
+set_quiet_env()
 
 import numpy as np  # noqa: E402
 
@@ -158,12 +152,10 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench-dream-")
-    os.makedirs(workdir, exist_ok=True)
     figures: dict = {"torch_threads": torch.get_num_threads()}
-    try:
+    with scratch_workdir(args, "bench-dream-") as workdir:
         start = time.perf_counter()
-        bundle = args.bundle or build_bundle(workdir, args)
+        bundle = args.bundle or build_bundle(str(workdir), args)
         figures["bundle_build_s"] = 0.0 if args.bundle else time.perf_counter() - start
         model = worldmodel.load_bundle(bundle)
         if not model.spec.env_id.startswith("CarRacing") or model.spec.action.is_discrete:
@@ -202,9 +194,6 @@ def main(argv=None) -> int:
         figures.update({f"{k}_ratio": best[k] / best["real"] for k in ("latent", "pixels", "single")})
         figures["dream_end_rate"] = float(np.mean(ends))  # episodes ended per sub-env step (latent runs)
         figures["load_avg"] = os.getloadavg()[0]
-    finally:
-        if not args.keep and not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
 
     rows = [
         ("real CarRacing-v3 (1 process, 64x64 + vector)", best["real"], None, None),

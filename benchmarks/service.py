@@ -34,37 +34,19 @@ import argparse
 import asyncio
 import json
 import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from pathlib import Path
 
-for _key, _value in {
-    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "SDL_AUDIODRIVER": "dummy",
-}.items():
-    os.environ.setdefault(_key, _value)
+from common import HelpFormatter, ServeProcess, add_bundle_arguments, build_bundle, scratch_workdir, set_quiet_env
+
+set_quiet_env()
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 TARGET_VS_IN_PROCESS = 0.8
 TARGET_BATCHING = 10.0
 MODEL_NAME = "bench"
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -85,14 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             "to build the bundle, then --repeats x 6 x (--warmup + --seconds) s per observation mode plus ~10 s "
             "of server starts (about 5.5 minutes with the defaults, both modes)."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--bundle", default=None, help="an existing bundle to serve (skips building one)")
-    parser.add_argument("--workdir", default=None, help="where the built bundle goes (default: a new temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep --workdir (the bundle can be reused with --bundle)")
-    parser.add_argument("--episodes", type=int, default=2, help="CarRacing episodes collected to build the bundle")
-    parser.add_argument("--episode-steps", type=int, default=150, help="steps per collected episode (>= 101: M's window)")
-    parser.add_argument("--train-steps", type=int, default=2, help="training steps of V and of M (paper preset)")
+    add_bundle_arguments(parser)
     parser.add_argument("--agents", type=int, default=64, help="concurrent agents, a 1-env session each")
     parser.add_argument("--big-session", type=int, default=256, help="envs of the one big session (0: skip)")
     parser.add_argument("--observations", default="pixels,latent", help="observation modes to measure, comma separated")
@@ -111,76 +88,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.agents < 1 or args.repeats < 1 or args.seconds <= 0 or args.warmup < 0 or args.big_session < 0:
         parser.error("--agents and --repeats must be >= 1, --seconds > 0, --warmup and --big-session >= 0")
     return args
-
-
-# -- the bundle -----------------------------------------------------------------
-def build_bundle(args, workdir: Path) -> Path:
-    """A paper-size V-M-C bundle from a small real CarRacing collection (a few training steps)."""
-    import ray
-
-    from envs.collect import collect
-    from worldmodel.bundle import write_vmc_bundle
-    from worldmodel.raycluster import init_ray
-    from worldmodel.train.launcher import LaunchOptions
-    from worldmodel.train.mdnrnn import train_mdnrnn
-    from worldmodel.train.vae import train_vae
-
-    store = str(workdir / "carracing.zarr")
-    print(f"  collecting {args.episodes} x {args.episode_steps} steps of CarRacing-v3 ...", flush=True)
-    collect("CarRacing-v3", store, episodes=args.episodes, max_steps=args.episode_steps, workers=0,
-            seed=args.seed, show_progress=False)
-    started = init_ray(num_cpus=os.cpu_count())
-    try:
-        print(f"  training V and M (paper preset, {args.train_steps} steps each) ...", flush=True)
-        vae = train_vae([store], LaunchOptions(out=str(workdir / "vae")), preset="paper", max_steps=args.train_steps)
-        mdnrnn = train_mdnrnn([store], str(vae), LaunchOptions(out=str(workdir / "mdnrnn")), preset="paper",
-                              max_steps=args.train_steps)
-    finally:
-        if started:
-            ray.shutdown()  # its workers must not compete with what is measured
-    return write_vmc_bundle(workdir / "bundle", vae, mdnrnn, [store], contexts=16)
-
-
-# -- a server subprocess --------------------------------------------------------
-class ServeProcess:
-    """`worldmodel serve` in a subprocess on 127.0.0.1 and a free port; SIGTERM on exit."""
-
-    def __init__(self, bundles: dict[str, str | Path], *extra: str, log: Path | None = None, threads: int | None = None):
-        command = [sys.executable, "-m", "worldmodel.cli", "serve", *(f"{n}={p}" for n, p in bundles.items()),
-                   "--host", "127.0.0.1", "--port", "0", *extra]
-        env = dict(os.environ)
-        if threads:  # torch's intra-op threads in the server (read when torch starts)
-            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-        self.log = open(log, "w") if log else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
-        self.pid = self.process.pid
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.append(self.process.stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout=120)
-        match = re.fullmatch(r"serving on 127\.0\.0\.1:(\d+)\n", lines[0]) if lines else None
-        if match is None:
-            self.stop()
-            raise RuntimeError(f"`worldmodel serve` did not start (exit {self.process.poll()}): {lines}")
-        self.address = f"127.0.0.1:{match.group(1)}"
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.log is not subprocess.DEVNULL:
-            self.log.close()
-        return self.process.returncode
-
-    def __enter__(self) -> ServeProcess:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 # -- load -----------------------------------------------------------------------
@@ -364,11 +271,8 @@ def print_table(args, figures: dict, wall: float) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     wall_start = time.perf_counter()
-    created = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="wm-bench-service-") if created else args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     figures: dict = {}
-    try:
+    with scratch_workdir(args, "wm-bench-service-") as workdir:
         print(f"service benchmark: workdir {workdir}", flush=True)
         bundle = Path(args.bundle) if args.bundle else build_bundle(args, workdir)
         import torch
@@ -435,9 +339,6 @@ def main(argv=None) -> int:
             return round(value, 4) if isinstance(value, float) else value
 
         print(json.dumps({"benchmark": "service", **rounded(figures)}))
-    finally:
-        if created and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -15,26 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-for _key, _value in {
-    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "SDL_AUDIODRIVER": "dummy",
-}.items():
-    os.environ.setdefault(_key, _value)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    HelpFormatter, ServeProcess, add_bundle_arguments, build_bundle, scratch_workdir, set_quiet_env,
+)
+
+set_quiet_env()
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from service import MODEL_NAME, ServeProcess, _HelpFormatter, build_bundle, random_actions  # noqa: E402  (the sibling benchmark)
+from service import MODEL_NAME, random_actions  # noqa: E402  (the sibling benchmark)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,20 +45,15 @@ def parse_args(argv=None) -> argparse.Namespace:
             "under --workdir (a temp dir by default, removed unless --keep): the bundle and serve.log. Takes: "
             "--minutes plus about 10 s (plus the bundle build). The server listens on 127.0.0.1 only."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--bundle", default=None, help="an existing bundle to serve (skips building one)")
-    parser.add_argument("--workdir", default=None, help="where the bundle and serve.log go (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep --workdir")
+    add_bundle_arguments(parser)
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to step")
     parser.add_argument("--sessions", type=int, default=200, help="sessions of 1 env, stepped round-robin")
     parser.add_argument("--threads", type=int, default=4, help="client threads, each owning a share of the sessions")
     parser.add_argument("--rate", type=float, default=40.0, help="Step calls per second, all threads together, at most")
     parser.add_argument("--churn", type=int, default=10, help="sessions closed and created afresh every minute")
     parser.add_argument("--sample-seconds", type=float, default=10.0, help="RSS sampling period")
-    parser.add_argument("--episodes", type=int, default=2, help="(bundle build) CarRacing episodes")
-    parser.add_argument("--episode-steps", type=int, default=150, help="(bundle build) steps per episode")
-    parser.add_argument("--train-steps", type=int, default=2, help="(bundle build) training steps of V and M")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.sessions < 1 or args.threads < 1 or args.rate <= 0 or args.sample_seconds <= 0:
@@ -169,10 +159,7 @@ def worker(address: str, spec, indices: list[int], churn: int, args, stop: threa
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    created_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="wm-soak-") if created_workdir else args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with scratch_workdir(args, "wm-soak-") as workdir:
         bundle = Path(args.bundle) if args.bundle else build_bundle(args, workdir)
         from worldmodel.bundle import read_bundle_config
 
@@ -240,9 +227,6 @@ def main(argv=None) -> int:
         for error in counters.errors[:5]:
             print(f"  error: {error}")
         print(json.dumps({"benchmark": "soak", **{k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}}))
-    finally:
-        if created_workdir and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -28,12 +28,9 @@ import sys
 import tempfile
 import time
 
-for _key, _value in {
-    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-}.items():
-    os.environ.setdefault(_key, _value)
+from common import HelpFormatter, remove_outputs, set_quiet_env
+
+set_quiet_env()
 
 import numpy as np  # noqa: E402
 
@@ -42,15 +39,6 @@ from worldmodel.data import EpisodeStore, WindowSampler  # noqa: E402
 TARGET_SPEEDUP = 1.8
 TARGET_STORE_VS_RAM = 0.5
 TARGET_COMPRESSION = 6.0
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the empty ones (None, False) that the help text explains."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "to 20,000 frames ~60 s, sampling ~15 s); with --store S --ratio-episodes 0 (reuse a store, skip "
             "collection) about 15 s. Other load on the machine slows the collections most."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--env", default="CarRacing-v3", help="source env id to collect")
     parser.add_argument("--workdir", default=None, help="where stores are written (default: a new temp dir)")
@@ -395,11 +383,7 @@ def main(argv=None) -> int:
                                                    for k, v in figures.items()}}))
     finally:
         if not args.keep:
-            if created_workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-            else:
-                for path in ours:
-                    shutil.rmtree(path, ignore_errors=True)
+            remove_outputs(workdir, created_workdir, ours)
     return 0
 
 

@@ -38,35 +38,21 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
 import tempfile
 import time
 
-for _key, _value in {
-    "PYGAME_HIDE_SUPPORT_PROMPT": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    # Ray's driver-side progress bars otherwise patch print() to redraw themselves after every line,
-    # which splices the finished bars into the table.
-    "RAY_TQDM_PATCH_PRINT": "0",
-}.items():
-    os.environ.setdefault(_key, _value)
+from common import HelpFormatter, remove_outputs, set_quiet_env
+
+# Ray's driver-side progress bars otherwise patch print() to redraw themselves after every line,
+# which splices the finished bars into the table.
+set_quiet_env(RAY_TQDM_PATCH_PRINT="0")
 
 import numpy as np  # noqa: E402
 
 TARGET_TRAINER_VS_PLAIN = 0.95
 TIMES_FILE = "bench-step-times-rank{rank}.json"
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the empty ones (None, False) that the help text explains."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -95,7 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "other load slows some configurations more than others and spoils the ratios (the table says how "
             "many CPU cores processes foreign to the run took during each timed window)."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--store", default=None, help="train on this existing store (default: collect one)")
     parser.add_argument("--env", default="CarRacing-v3", help="source env to collect when --store is not given")
@@ -644,11 +630,7 @@ def main(argv=None) -> int:
     finally:
         monitor.stop()
         if not args.keep:
-            if created_workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-            else:
-                for path in ours:
-                    shutil.rmtree(path, ignore_errors=True)
+            remove_outputs(workdir, created_workdir, ours)
     return 0
 
 
