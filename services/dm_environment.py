@@ -61,7 +61,8 @@ def _invalid(message: str) -> ProtocolError:
 def _tensor_spec(name: str, dtype, shape, minimum=None, maximum=None) -> dm.TensorSpec:
     spec = dm.TensorSpec(name=name, dtype=tensor_utils.np_type_to_data_type(dtype), shape=list(shape))
     if minimum is not None or maximum is not None:
-        tensor_spec_utils.set_bounds(spec, minimum, maximum)
+        # As the spec's dtype: dm-env-rpc checks integer bounds against integer limits only.
+        tensor_spec_utils.set_bounds(spec, np.asarray(minimum, dtype), np.asarray(maximum, dtype))
     return spec
 
 
@@ -110,8 +111,9 @@ def parse_settings(settings, known: dict[str, type], request: str) -> dict:
     return parsed
 
 
-def unpack_action(actions, spec: dm.TensorSpec) -> np.ndarray:
-    """The one action of a Step, checked against its spec (uid, dtype, shape, bounds, finiteness)."""
+def unpack_action(actions, spec: dm.TensorSpec, bounds=None) -> np.ndarray:
+    """The one action of a Step, checked against its spec (uid, dtype, shape, bounds, finiteness);
+    `bounds`: the spec's, computed once per world (tensor_spec_utils.bounds costs ~20 us a call)."""
     unknown = sorted(set(actions) - {ACTION_UID})
     if unknown:
         raise _invalid(f"no action uid {unknown[0]}; this world's actions: {{{ACTION_UID}: {spec.name!r}}}")
@@ -134,7 +136,7 @@ def unpack_action(actions, spec: dm.TensorSpec) -> np.ndarray:
         raise _invalid(f"action {spec.name!r}: {err}") from None
     if value.shape != tuple(spec.shape):
         raise _invalid(f"action {spec.name!r} must have shape {list(spec.shape)}, got {list(value.shape)}")
-    bounds = tensor_spec_utils.bounds(spec)
+    bounds = bounds or tensor_spec_utils.bounds(spec)
     if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
         raise _invalid(f"action {spec.name!r} contains NaN or infinite values")
     if (value < bounds.min).any() or (value > bounds.max).any():
@@ -163,6 +165,9 @@ class World:
     """The next Step starts a sequence (after JoinWorld, Reset, ResetWorld, or a sequence's end)."""
     seed: int | None = None
     """A seed to reset with when the next sequence starts (Reset/ResetWorld settings)."""
+
+    def __post_init__(self) -> None:
+        self.action_bounds = tensor_spec_utils.bounds(self.specs.actions[ACTION_UID])
 
 
 class _Stream:
@@ -324,7 +329,7 @@ class EnvironmentService(dm_grpc.EnvironmentServicer):
             world.seed, world.starting = None, False
             state, reward, discount = _RUNNING, 0.0, 1.0
         else:
-            action = unpack_action(request.actions, specs.actions[ACTION_UID])
+            action = unpack_action(request.actions, specs.actions[ACTION_UID], world.action_bounds)
             session.busy += 1
             try:
                 async with session.lock:

@@ -329,7 +329,7 @@ async def start_server(bundles: dict[str, str | Path], config: ServerConfig) -> 
     for name in models:
         await health_servicer.set(f"{SERVICE_NAME}/{name}", health_pb2.HealthCheckResponse.SERVING)
     tasks = [asyncio.create_task(service.evict_forever(), name="evict-idle-sessions")]
-    log.info("serving %s on %s:%d", ", ".join(models), config.host, port)
+    log.info("serving %s on %s:%d (%s)", ", ".join(models), config.host, port, ", ".join(served_services))
     return RunningServer(server, service, health_servicer, port, tasks)
 
 
