@@ -100,15 +100,29 @@ def parse_settings(settings, known: dict[str, type], request: str) -> dict:
         if np.ndim(value) != 0:
             raise _invalid(f"{request}: setting {name!r} is not a scalar tensor (shape {list(np.shape(value))})")
         want = known[name]
-        ok = (
-            isinstance(value, str) if want is str
-            else isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) if want is int
-            else isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-        )
-        if not ok:
+        if not _is_a(value, want):
             raise _invalid(f"{request}: setting {name!r} must be a scalar {want.__name__}, got {value!r}")
         parsed[name] = want(value)
     return parsed
+
+
+def _is_a(value, want: type) -> bool:
+    """Does an unpacked scalar fit a setting of type `want` (an int fits a float; a bool fits nothing)?"""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if want is str:
+        return isinstance(value, str)
+    if want is int:
+        return isinstance(value, (int, np.integer))
+    return isinstance(value, (int, float, np.integer, np.floating))
+
+
+def reset_seed(settings, request: str) -> int | None:
+    """The optional `seed` of Reset and ResetWorld."""
+    seed = parse_settings(settings, RESET_SETTINGS, request).get("seed")
+    if seed is not None and seed < 0:
+        raise _invalid(f"{request}: seed must be >= 0, got {seed}")
+    return seed
 
 
 def unpack_action(actions, spec: dm.TensorSpec, bounds=None) -> np.ndarray:
@@ -293,7 +307,8 @@ class EnvironmentService(dm_grpc.EnvironmentServicer):
 
     async def _reset_world(self, request: dm.ResetWorldRequest, stream) -> dm.ResetWorldResponse:
         world = self._world(request.world_name, "ResetWorld")
-        world.seed = parse_settings(request.settings, RESET_SETTINGS, "ResetWorld").get("seed", world.seed)
+        seed = reset_seed(request.settings, "ResetWorld")
+        world.seed = seed if seed is not None else world.seed
         world.starting = True
         world.session.touch()
         return dm.ResetWorldResponse()
@@ -306,9 +321,7 @@ class EnvironmentService(dm_grpc.EnvironmentServicer):
 
     async def _reset(self, request: dm.ResetRequest, stream: _Stream) -> dm.ResetResponse:
         world = self._joined(stream, "Reset")
-        seed = parse_settings(request.settings, RESET_SETTINGS, "Reset").get("seed")
-        if seed is not None and seed < 0:
-            raise _invalid(f"Reset: seed must be >= 0, got {seed}")
+        seed = reset_seed(request.settings, "Reset")
         world.seed = seed if seed is not None else world.seed
         world.starting = True
         return dm.ResetResponse(specs=world.specs)

@@ -255,6 +255,10 @@ def test_protocol_errors_have_the_right_codes_and_the_stream_goes_on(server):
         world = conn.send(dm.CreateWorldRequest(settings={"model": pack("cartpole")})).world_name
         conn.send(dm.JoinWorldRequest(world_name=world))
         fails(Code.FAILED_PRECONDITION, conn, dm.JoinWorldRequest(world_name=world))
+        assert "seed must be >= 0" in fails(Code.INVALID_ARGUMENT, conn, dm.ResetRequest(settings={"seed": pack(-1)}))
+        assert "seed must be >= 0" in fails(
+            Code.INVALID_ARGUMENT, conn, dm.ResetWorldRequest(world_name=world, settings={"seed": pack(-2)}))
+        assert "must be a scalar int" in fails(Code.INVALID_ARGUMENT, conn, dm.ResetRequest(settings={"seed": pack(True)}))
         conn.send(dm.StepRequest())  # starts the sequence
         assert "int64" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest(actions={1: pack(1.0)}))
         assert "missing action" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest())
