@@ -261,8 +261,11 @@ class MDNRNN(nn.Module):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
         *lead, z, k = out.logits.shape
         uniform, noise = _draw(tuple(lead) + (z,), generator, out.mu.device, out.mu.dtype)
-        cdf = torch.softmax(out.logits.float() / temperature, dim=-1).cumsum(-1)
-        component = torch.searchsorted(cdf, uniform.float()[..., None]).clamp(max=k - 1)
+        # The unnormalised CDF, searched at uniform x total: torch.softmax over a last dimension this
+        # short is slow on CPU (590 us vs 93 us at [256, 32, 5], one thread), and a dream step is ~4 ms.
+        logits = out.logits.float() / temperature
+        cdf = (logits - logits.amax(-1, keepdim=True)).exp().cumsum(-1)
+        component = torch.searchsorted(cdf, uniform.float()[..., None] * cdf[..., -1:]).clamp(max=k - 1)
         mu = out.mu.gather(-1, component)[..., 0]
         sigma = out.log_sigma.gather(-1, component)[..., 0].exp() * math.sqrt(temperature)
         return mu + sigma * noise
