@@ -45,7 +45,8 @@ class _ObjectiveModule(nn.Module):
 
 
 def seed_worker(config: dict[str, Any]) -> None:
-    """Seed torch on this rank before the model is built: its initial weights are part of the run."""
+    """Seed torch on this rank; a train_func calls it before it builds the model, whose initial
+    weights are part of the run (so is the sampling noise of training, drawn later)."""
     import ray.train
 
     torch.manual_seed(config["seed"] + ray.train.get_context().get_world_rank())
@@ -63,7 +64,8 @@ def train_loop(
     objective: Objective,
     to_tensors: Callable[[dict[str, np.ndarray], torch.device], Batch] | None = None,
 ) -> None:
-    """Train `model` for config["max_steps"] steps (see train/launcher.py for the keys)."""
+    """Train `model` for config["max_steps"] steps (see train/launcher.py for the keys); the train_func
+    built it after seed_worker(config)."""
     import ray.train
     import ray.train.torch
 
@@ -72,7 +74,6 @@ def train_loop(
     threads = int(config.get("threads_per_worker") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
-    torch.manual_seed(config["seed"] + rank)  # again: the sampling noise of training starts the same on every run
     device = ray.train.torch.get_device()
 
     start_step, optimizer_state = 0, None
