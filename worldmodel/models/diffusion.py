@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from worldmodel.models.config import ConfigMixin
-from worldmodel.models.world import Context, State, Transition, check_actions, draw_uniform
+from worldmodel.models.world import Context, State, Transition, VectorNorm, check_actions, draw_uniform
 from worldmodel.spec import EnvSpec
 
 UNET_DIR = "diffusion"
@@ -353,19 +353,14 @@ class DiffusionWorldModel:
         self.contexts: Context | None = None
         self.bundle_path = None
         self.bundle_config: dict | None = None
-        norm = vector_norm or {}
-        size = spec.vector.size if spec.vector is not None else 0
-        self.vector_mean = torch.tensor(norm.get("mean") or [0.0] * size, device=self.device)
-        self.vector_std = torch.tensor(norm.get("std") or [1.0] * size, device=self.device)
+        self.vector_norm = VectorNorm(spec, vector_norm, self.device)
 
     @property
     def context_length(self) -> int:
         return self.config.context_length
 
     def normalize_vector(self, vector) -> Tensor | None:
-        if vector is None or self.spec.vector is None:
-            return None
-        return (torch.as_tensor(vector, device=self.device).float() - self.vector_mean) / self.vector_std
+        return self.vector_norm.normalize(vector)
 
     @torch.no_grad()
     def initial_state(self, context: Context) -> State:
@@ -419,7 +414,7 @@ class DiffusionWorldModel:
     def vector_of(self, state: State) -> Tensor | None:
         if "vectors" not in state:
             return None
-        return state["vectors"][:, -1] * self.vector_std + self.vector_mean
+        return self.vector_norm.denormalize(state["vectors"][:, -1])
 
     def observation_of(self, state: State) -> Transition:
         b = state["frames"].shape[0]

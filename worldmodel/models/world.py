@@ -104,6 +104,27 @@ def check_actions(spec: EnvSpec, action: Tensor | np.ndarray, batch: int, device
     return action
 
 
+class VectorNorm:
+    """The vector observation's per-dimension mean and std from training (identity when unknown):
+    models see normalised vectors, envs and agents the env's units."""
+
+    def __init__(self, spec: EnvSpec, norm: dict | None, device):
+        norm = norm or {}
+        size = spec.vector.size if spec.vector is not None else 0
+        self.has_vector = spec.vector is not None
+        self.device = device
+        self.mean = torch.tensor(norm.get("mean") or [0.0] * size, device=device)
+        self.std = torch.tensor(norm.get("std") or [1.0] * size, device=device)
+
+    def normalize(self, vector) -> Tensor | None:
+        if vector is None or not self.has_vector:
+            return None
+        return (torch.as_tensor(vector, device=self.device).float() - self.mean) / self.std
+
+    def denormalize(self, vector: Tensor) -> Tensor:
+        return vector * self.std + self.mean
+
+
 class VMCWorldModel:
     """V encodes, M dreams the next z (and reward, termination, vector), V decodes.
 
@@ -130,10 +151,7 @@ class VMCWorldModel:
         self.contexts: Context | None = None  # real start contexts, set by load_bundle
         self.bundle_path = None
         self.bundle_config: dict | None = None
-        norm = vector_norm or {}
-        size = spec.vector.size if spec.vector is not None else 0
-        self.vector_mean = torch.tensor(norm.get("mean") or [0.0] * size, device=self.device)
-        self.vector_std = torch.tensor(norm.get("std") or [1.0] * size, device=self.device)
+        self.vector_norm = VectorNorm(spec, vector_norm, self.device)
 
     @property
     def latent_dim(self) -> int:
@@ -162,9 +180,7 @@ class VMCWorldModel:
         return to_uint8_images(self.vae.decode(z))
 
     def normalize_vector(self, vector) -> Tensor | None:
-        if vector is None or self.spec.vector is None:
-            return None
-        return (torch.as_tensor(vector, device=self.device).float() - self.vector_mean) / self.vector_std
+        return self.vector_norm.normalize(vector)
 
     @torch.no_grad()
     def initial_state(self, context: Context) -> State:
@@ -226,7 +242,7 @@ class VMCWorldModel:
         """The state's vector observation in the env's units."""
         if "vector" not in state:
             return None
-        return state["vector"] * self.vector_std + self.vector_mean
+        return self.vector_norm.denormalize(state["vector"])
 
     def features(self, state: State) -> Tensor:
         """[z, h] [B, Z + H], the controller's input in the paper, plus the (normalized) vector
