@@ -19,6 +19,9 @@ from typing import Any
 import numpy as np
 
 SPEC_VERSION = 1
+ACTION_TOLERANCE = 1e-6
+"""How far past a box bound an action may lie and still be accepted (then clipped): float32
+rounding of a bound, not a user's error."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,52 @@ class ActionSpec:
     @property
     def store_dtype(self) -> np.dtype:
         return np.dtype(np.int64) if self.is_discrete else np.dtype(np.float32)
+
+    def describe(self) -> str:
+        """The space in gymnasium's words, for error messages."""
+        if self.is_discrete:
+            return f"Discrete({self.n})"
+        return f"Box(low={list(self.low)}, high={list(self.high)}, shape={self.shape})"
+
+    def check_batch(self, actions: Any, batch: int | None = None) -> np.ndarray:
+        """Actions [B] int64 (discrete) or [B, A] float32 (box), checked, or ValueError saying what was
+        expected. The one action check of every door (dream envs, the service, dm_env_rpc, the store).
+
+        `batch`: the B required (None: any). Discrete: integers in [0, n). Box: finite, within the
+        bounds up to ACTION_TOLERANCE (float32 rounding of a bound is not an error), then clipped
+        onto them, so every consumer downstream sees actions inside the space. Takes numpy arrays,
+        sequences or torch tensors.
+        """
+        array = np.asarray(_numpy(actions))
+        want = (batch,) if batch is not None else ("B",)
+        if self.is_discrete:
+            if array.ndim != 1 or (batch is not None and array.shape[0] != batch):
+                raise ValueError(f"expected {want[0]} discrete actions of {self.describe()}: integers of shape "
+                                 f"({want[0]},), got shape {array.shape}")
+            if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+                raise ValueError(f"discrete actions of {self.describe()} must be integers, got {array.dtype}")
+            if array.size and (array.min() < 0 or array.max() >= self.n):
+                raise ValueError(f"discrete actions must be in [0, {self.n}), got {array.tolist()}")
+            return array.astype(np.int64, copy=False)
+        if array.ndim != 2 or array.shape[1:] != self.shape or (batch is not None and array.shape[0] != batch):
+            raise ValueError(f"expected box actions of {self.describe()}: shape ({want[0]}, {self.shape[0]}), "
+                             f"got shape {array.shape}")
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"box actions must be numbers, got {array.dtype}")
+        array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            raise ValueError("box actions contain NaN or infinite values")
+        low, high = self._bounds()
+        if ((array < low - ACTION_TOLERANCE) | (array > high + ACTION_TOLERANCE)).any():
+            raise ValueError(f"box actions must lie in [{list(self.low)}, {list(self.high)}], got {array.tolist()}")
+        return np.clip(array, low, high)
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        bounds = self.__dict__.get("_bounds_cache")
+        if bounds is None:  # computed once: the check runs on every step of every door
+            bounds = (np.asarray(self.low, np.float32), np.asarray(self.high, np.float32))
+            object.__setattr__(self, "_bounds_cache", bounds)
+        return bounds
 
 
 @dataclass(frozen=True)
@@ -225,17 +274,14 @@ class EnvSpec:
 
     # -- checks -----------------------------------------------------------
     def check_action(self, action: Any) -> np.ndarray:
-        """The action as the store keeps it, or ValueError saying what was expected."""
-        if self.action.is_discrete:
-            arr = np.asarray(action)
-            if arr.shape != () or not np.issubdtype(arr.dtype, np.integer):
-                raise ValueError(f"expected a discrete action: an integer in [0, {self.action.n}), got {action!r}")
-            if not 0 <= int(arr) < self.action.n:
-                raise ValueError(f"discrete action {int(arr)} is outside [0, {self.action.n})")
-            return arr.astype(np.int64)
-        arr = np.asarray(action, dtype=np.float32)
-        if arr.shape != self.action.shape:
-            raise ValueError(f"expected a box action of shape {self.action.shape}, got shape {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"action has non-finite values: {arr}")
-        return arr
+        """One action as stores and models keep it, or ValueError saying what was expected."""
+        return self.action.check_batch(np.asarray(_numpy(action))[None])[0]
+
+    def check_actions(self, actions: Any, batch: int | None = None) -> np.ndarray:
+        """A batch of actions as stores and models keep them, or ValueError; see ActionSpec.check_batch."""
+        return self.action.check_batch(actions, batch)
+
+
+def _numpy(values: Any) -> Any:
+    """A torch tensor as a numpy array (zero-copy on the CPU); anything else as it is."""
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else values
