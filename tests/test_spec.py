@@ -1,6 +1,7 @@
 """EnvSpec: JSON and gymnasium round trips, and clear errors."""
 
 import numpy as np
+import torch
 import pytest
 from gymnasium import spaces
 
@@ -39,10 +40,10 @@ def test_check_action():
     assert box.check_action([0.5, 0.2, 0.0]).dtype == np.float32
     with pytest.raises(ValueError, match="shape"):
         box.check_action([0.5, 0.2])
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match="NaN or infinite"):
         box.check_action([np.nan, 0.2, 0.0])
     assert discrete.check_action(np.int32(5)) == 5
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match=r"in \[0, 6\)"):
         discrete.check_action(6)
     with pytest.raises(ValueError, match="integer"):
         discrete.check_action(1.5)
@@ -65,3 +66,21 @@ def test_bad_specs_say_what_is_wrong():
         EnvSpec.from_dict({"image": {"height": 64}})
     with pytest.raises(ValueError, match="only Box and Discrete"):
         EnvSpec.from_spaces(SPECS[1].observation_space(), spaces.MultiBinary(3))
+
+
+def test_check_actions_is_one_check_for_batches_with_one_tolerance():
+    box, discrete = SPECS
+    low, high = np.asarray(box.action.low, np.float32), np.asarray(box.action.high, np.float32)
+    # Float32 rounding past a bound is accepted and clipped onto it; anything further is an error.
+    rounded = box.check_actions(np.stack([low - 5e-7, high + 5e-7]))
+    np.testing.assert_array_equal(rounded, np.stack([low, high]))
+    with pytest.raises(ValueError, match="must lie in"):
+        box.check_actions(np.stack([high + 1e-4]))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        box.check_actions(np.zeros((3, 3), np.float32), batch=2)
+    assert box.check_actions(torch.zeros(2, 3), batch=2).dtype == np.float32
+    np.testing.assert_array_equal(discrete.check_actions(torch.tensor([0, 5])), [0, 5])
+    with pytest.raises(ValueError, match="integers"):
+        discrete.check_actions(np.array([True, False]))
+    with pytest.raises(ValueError, match="integers"):
+        discrete.check_actions(np.array([0.0, 1.0]))
