@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from worldmodel.models.world import Context
+from worldmodel.errors import UserError
 from worldmodel.spec import EnvSpec
 
 BUNDLE_FORMAT = "worldmodel.bundle"
@@ -38,7 +39,7 @@ DEFAULT_CONTEXT_LENGTH = 4  # DIAMOND's L; V-M-C warms its LSTM on the first L-1
 DEFAULT_CONTEXTS = 64
 
 
-class BundleError(ValueError):
+class BundleError(UserError):
     """A bundle that is missing files or does not fit together."""
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import zarr
 import zarr.storage
 
+from worldmodel.errors import UserError
 from worldmodel.spec import EnvSpec
 
 FORMAT = "worldmodel.episodes"
@@ -36,7 +37,7 @@ FORMAT_VERSION = 1
 ATTRS_KEY = "worldmodel"
 
 
-class StoreError(ValueError):
+class StoreError(UserError):
     """A path that is no store, a store of another version, or data that does not fit it."""
 
 

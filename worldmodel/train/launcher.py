@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worldmodel.errors import UserError
 from worldmodel.train.loop import STATE_FILE
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError):
     """Training could not start or finish; the message says what to do."""
 
 
