@@ -15,7 +15,7 @@ import pytest
 import zarr
 
 from worldmodel.data import EpisodeStore, StoreError, WindowSampler, split_episodes
-from worldmodel.data.store import ATTRS_KEY
+from worldmodel.data.layout import ATTRS_KEY
 from worldmodel.spec import ActionSpec, EnvSpec, ImageSpec, VectorSpec
 
 BOX_SPEC = EnvSpec(
@@ -35,7 +35,7 @@ def make_episode(spec: EnvSpec, length: int, episode_id: int, rng: np.random.Gen
     if spec.action.is_discrete:
         episode["action"] = rng.integers(0, spec.action.n, length).astype(np.int64)
     else:
-        episode["action"] = rng.uniform(-1, 1, (length, spec.action.dim)).astype(np.float32)
+        episode["action"] = rng.uniform(spec.action.low, spec.action.high, (length, spec.action.dim)).astype(np.float32)
     episode["reward"] = rng.normal(size=length).astype(np.float32)
     episode["terminated"] = np.zeros(length, bool)
     episode["terminated"][-1] = True
@@ -105,6 +105,79 @@ def test_windows_never_cross_episode_ends(location):
         WindowSampler(store, window=100).sample(1, np.random.default_rng(0))
 
 
+
+def _store_of(location: str, spec: EnvSpec, lengths: list[int], image_chunk: int = 4):
+    """A store at `location` with one part holding episodes of `lengths`, and those episodes."""
+    rng = np.random.default_rng(4)
+    episodes = [make_episode(spec, n, i, rng) for i, n in enumerate(lengths)]
+    store = EpisodeStore.create(location, spec)
+    with store.writer("w", image_chunk=image_chunk) as writer:
+        for i, episode in enumerate(episodes):
+            writer.write_episode(episode, seed=i)
+    return store, episodes
+
+
+def test_read_episode_rows_and_keys(tmp_path):
+    store, episodes = _store_of(str(tmp_path / "s.zarr"), BOX_SPEC, [6, 9])
+    ref = store.episodes[1]  # rows [6, 15) of the part
+    whole = store.read_episode(ref)
+    assert list(whole) == ["image", "vector", "action", "reward", "terminated", "truncated"]
+    for key, values in episodes[1].items():
+        np.testing.assert_array_equal(whole[key], values, err_msg=key)
+    rows = store.read_episode(ref, keys=["action", "image"], start=2, stop=7)
+    assert list(rows) == ["action", "image"]
+    for key in rows:
+        np.testing.assert_array_equal(rows[key], episodes[1][key][2:7], err_msg=key)
+    np.testing.assert_array_equal(store.read_episode(ref, ("reward",), start=5)["reward"], episodes[1]["reward"][5:])
+    assert store.read_episode(ref, start=9)["image"].shape == (0, 8, 8, 3)
+    np.testing.assert_array_equal(store.read_episode(0, ["reward"])["reward"], episodes[0]["reward"])  # by index
+
+    with pytest.raises(ValueError, match=r"unknown keys \['speed'\]; the store has \('image', 'vector'"):
+        store.read_episode(ref, keys=["image", "speed"])
+    with pytest.raises(ValueError, match="not a string"):
+        store.read_episode(ref, keys="image")
+    for start, stop in [(-1, None), (0, -1), (0, 10), (5, 4), (10, None)]:
+        with pytest.raises(ValueError, match=r"0 <= start <= stop <= 9"):
+            store.read_episode(ref, start=start, stop=stop)
+
+
+def test_data_array_is_one_part_column(tmp_path):
+    store, episodes = _store_of(str(tmp_path / "s.zarr"), DISCRETE_SPEC, [5, 7])
+    assert list(store.read_episode(store.episodes[0])) == ["image", "action", "reward", "terminated", "truncated"]
+    images = store.data_array("w", "image")
+    assert images.shape == (12, 8, 8, 3) and images.dtype == np.uint8 and images.chunks[0] == 4
+    np.testing.assert_array_equal(images[5:12], episodes[1]["image"])
+    np.testing.assert_array_equal(store.data_array("w", "action")[:5], episodes[0]["action"])
+    with pytest.raises(ValueError, match="unknown keys"):
+        store.data_array("w", "vector")  # this spec has none
+    with pytest.raises(ValueError, match="no part 'other'"):
+        store.data_array("other", "image")
+
+
+def test_on_disk_layout_is_the_documented_one(tmp_path):
+    """The README documents these paths, dtypes, chunks and codecs and outside tools read them."""
+    location = str(tmp_path / "s.zarr")
+    _store_of(location, BOX_SPEC, [5], image_chunk=8)
+    root = zarr.open_group(location, mode="r")
+    assert {k: root.attrs[ATTRS_KEY][k] for k in ("format", "version")} == {"format": "worldmodel.episodes", "version": 1}
+    expected = {
+        "image": ((5, 8, 8, 3), np.uint8, 8, "noshuffle"),
+        "vector": ((5, 2), np.float32, 4096, "shuffle"),
+        "action": ((5, 3), np.float32, 4096, "shuffle"),
+        "reward": ((5,), np.float32, 4096, "shuffle"),
+        "terminated": ((5,), np.bool_, 4096, "shuffle"),
+        "truncated": ((5,), np.bool_, 4096, "shuffle"),
+    }
+    for name, (shape, dtype, chunk, shuffle) in expected.items():
+        array = root[f"parts/w/data/{name}"]
+        (codec,) = array.compressors
+        config = codec.to_dict()["configuration"]
+        assert (array.shape, array.dtype, array.chunks[0]) == (shape, dtype, chunk), name
+        assert (config["cname"], config["clevel"], config["shuffle"]) == ("zstd", 3, shuffle), name
+    assert root["parts/w/meta/episode_ends"][:].tolist() == [5]
+    assert root["parts/w/meta/episode_seeds"][:].tolist() == [0]
+    assert root["parts/w/meta/episode_ends"].chunks == (1024,)
+
 def test_episode_split_is_by_whole_episode(tmp_path):
     store = EpisodeStore.create(str(tmp_path / "s.zarr"), DISCRETE_SPEC)
     rng = np.random.default_rng(0)
@@ -124,7 +197,7 @@ def test_bad_input_is_rejected_and_writes_nothing(location):
     with store.writer() as writer:
         with pytest.raises(ValueError, match="uint8 image of shape"):
             writer.add_step(np.zeros((8, 8, 3), np.float32), good["action"][0], 0.0, False, False, good["vector"][0])
-        with pytest.raises(ValueError, match="box action of shape"):
+        with pytest.raises(ValueError, match=r"box actions of .*got shape \(1, 2\)"):
             writer.add_step(good["image"][0], [0.0, 1.0], 0.0, False, False, good["vector"][0])
         with pytest.raises(ValueError, match="reward must be finite"):
             writer.add_step(good["image"][0], good["action"][0], float("nan"), False, False, good["vector"][0])
@@ -148,7 +221,7 @@ def test_bad_input_is_rejected_and_writes_nothing(location):
         episode = make_episode(DISCRETE_SPEC, 3, 0, rng)
         with pytest.raises(ValueError, match=r"integers in \[0, 4\)"):
             writer.write_episode(dict(episode, action=np.array([0, 4, 1])))
-        with pytest.raises(ValueError, match="outside"):
+        with pytest.raises(ValueError, match=r"discrete actions must be in \[0, 4\), got \[7\]"):
             writer.add_step(episode["image"][0], 7, 0.0, False, False)
     assert EpisodeStore.open(location).num_steps == 4
     assert EpisodeStore.open(location + "-discrete").num_steps == 0

@@ -1,7 +1,8 @@
-"""The zarr episode store: writer, reader, window sampling (torch lives in data.dataset)."""
+"""The zarr episode store: its on-disk layout, writer, reader and window sampling."""
 
 from worldmodel.data.sampler import ChunkCache, WindowSampler, split_episodes
-from worldmodel.data.store import FORMAT_VERSION, EpisodeRef, EpisodeStore, StoreError
+from worldmodel.data.layout import FORMAT_VERSION
+from worldmodel.data.store import EpisodeRef, EpisodeStore, StoreError
 from worldmodel.data.writer import PartWriter
 
 __all__ = [

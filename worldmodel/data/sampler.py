@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from worldmodel.data.store import EpisodeRef, EpisodeStore, StoreError, array_names
+from worldmodel.data.layout import check_keys
+from worldmodel.data.store import EpisodeRef, EpisodeStore, StoreError
 
 
 class ChunkCache:
@@ -85,10 +86,7 @@ class WindowSampler:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.window = int(window)
-        self.keys = tuple(keys) if keys is not None else array_names(self.spec)
-        unknown = set(self.keys) - set(array_names(self.spec))
-        if unknown:
-            raise ValueError(f"unknown keys {sorted(unknown)}; the store has {array_names(self.spec)}")
+        self.keys = check_keys(self.spec, keys)
         if episodes is None:
             episodes = [(i, ref) for i, store in enumerate(self.stores) for ref in store.episodes]
         self.episodes = [(s, ref) for s, ref in episodes if ref.length >= self.window]
@@ -164,7 +162,7 @@ class WindowSampler:
         array = self._arrays.get((source, key))
         if array is None:
             store_index, part = self._sources[source]
-            array = self._arrays[(source, key)] = self.stores[store_index].part(part)[f"data/{key}"]
+            array = self._arrays[(source, key)] = self.stores[store_index].data_array(part, key)
         return array
 
     def _cut(self, key: str, plan: _Plan) -> np.ndarray:

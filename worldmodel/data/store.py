@@ -1,14 +1,6 @@
-"""The episode store: a zarr v3 group of parts, each written by one writer.
+"""The episode store: open or create one, list its episodes, read them, hand out part writers.
 
-Layout (DESIGN.md; a part follows diffusion_policy's zarr ReplayBuffer):
-
-    store.zarr/zarr.json                      attrs["worldmodel"]: format, version, spec, source
-    store.zarr/parts/<writer-id>/data/image   (N, H, W, C) uint8, chunked in time, zstd
-                                /data/vector  (N, D) float32 (if the spec has one)
-                                /data/action  (N, A) float32 | (N,) int64
-                                /data/reward, /data/terminated, /data/truncated  (N,)
-                                /meta/episode_ends   (E,) int64, cumulative
-                                /meta/episode_seeds  (E,) int64, -1 when unknown
+The on-disk layout (paths, arrays, dtypes, chunking, codecs) lives in `layout.py`.
 
 Row t of an episode holds the observation o_t, the action a_t taken there, and
 the reward and end flags that followed it; the observation after the last
@@ -22,23 +14,32 @@ and data past the last end (a writer killed mid-write) is ignored.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zarr
-import zarr.storage
 
-from worldmodel.errors import UserError
+from worldmodel.data.layout import (
+    EPISODE_ENDS,
+    EPISODE_SEEDS,
+    PARTS,
+    StoreError,
+    array_layout,
+    check_keys,
+    data_array,
+    meta_array,
+    part_path,
+    read_root_attrs,
+    root_attrs,
+    zarr_store,
+)
+from worldmodel.data.writer import PartWriter
 from worldmodel.spec import EnvSpec
 
-FORMAT = "worldmodel.episodes"
-FORMAT_VERSION = 1
-ATTRS_KEY = "worldmodel"
-
-
-class StoreError(UserError):
-    """A path that is no store, a store of another version, or data that does not fit it."""
+# Importable from here as before: users catch StoreError, train/latents.py opens its cache with zarr_store.
+__all__ = ["EpisodeRef", "EpisodeStore", "StoreError", "zarr_store"]
 
 
 @dataclass(frozen=True)
@@ -56,38 +57,6 @@ class EpisodeRef:
         return self.stop - self.start
 
 
-def _is_url(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
-
-
-def zarr_store(location: str, *, read_only: bool, storage_options: dict | None = None):
-    """A zarr Store for a local path or an fsspec URL (memory://, s3://, ...)."""
-    location = str(location)
-    if _is_url(location):
-        return zarr.storage.FsspecStore.from_url(location, storage_options=storage_options, read_only=read_only)
-    return zarr.storage.LocalStore(location.removeprefix("file://"), read_only=read_only)
-
-
-def array_names(spec: EnvSpec) -> tuple[str, ...]:
-    """The data arrays a store of this spec holds, in the order writers append them."""
-    names = ["image"]
-    if spec.vector is not None:
-        names.append("vector")
-    return (*names, "action", "reward", "terminated", "truncated")
-
-
-def array_layout(spec: EnvSpec) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Per-step shape and dtype of every data array."""
-    layout = {"image": (spec.image.shape, np.dtype(np.uint8))}
-    if spec.vector is not None:
-        layout["vector"] = ((spec.vector.size,), np.dtype(np.float32))
-    layout["action"] = (spec.action.store_shape, spec.action.store_dtype)
-    layout["reward"] = ((), np.dtype(np.float32))
-    layout["terminated"] = ((), np.dtype(np.bool_))
-    layout["truncated"] = ((), np.dtype(np.bool_))
-    return layout
-
-
 class EpisodeStore:
     """A store of episodes: open or create one, list its episodes, read them, add parts."""
 
@@ -95,16 +64,7 @@ class EpisodeStore:
         self._root = root
         self.location = str(location)
         self.storage_options = storage_options
-        attrs = root.attrs.asdict().get(ATTRS_KEY)
-        if not isinstance(attrs, dict) or attrs.get("format") != FORMAT:
-            raise StoreError(f"{self.location} is not a worldmodel episode store (no '{ATTRS_KEY}' attributes)")
-        if attrs.get("version") != FORMAT_VERSION:
-            raise StoreError(
-                f"{self.location} has store format version {attrs.get('version')}; "
-                f"this worldmodel reads version {FORMAT_VERSION}"
-            )
-        self.spec = EnvSpec.from_dict(attrs["spec"])
-        self.source: dict[str, Any] = dict(attrs.get("source") or {})
+        self.spec, self.source = read_root_attrs(root.attrs.asdict(), self.location)
         self._episodes: list[EpisodeRef] | None = None
 
     # -- opening ----------------------------------------------------------
@@ -150,9 +110,8 @@ class EpisodeStore:
                 )
             return existing
         root = zarr.open_group(store, mode="w-")
-        root.create_group("parts")
-        attrs = {"format": FORMAT, "version": FORMAT_VERSION, "spec": spec.to_dict(), "source": source or {}}
-        root.attrs.update({ATTRS_KEY: attrs})
+        root.create_group(PARTS)
+        root.attrs.update(root_attrs(spec, source))
         return cls(root, location, storage_options)
 
     # -- listing ----------------------------------------------------------
@@ -161,21 +120,21 @@ class EpisodeStore:
         self._episodes = None
 
     def part_ids(self) -> list[str]:
-        if "parts" not in self._root:
+        if PARTS not in self._root:
             return []
-        return sorted(self._root["parts"].group_keys())
+        return sorted(self._root[PARTS].group_keys())
 
-    def part(self, part_id: str) -> zarr.Group:
-        return self._root[f"parts/{part_id}"]
+    def _part(self, part_id: str) -> zarr.Group:
+        return self._root[part_path(part_id)]
 
     @property
     def episodes(self) -> list[EpisodeRef]:
         if self._episodes is None:
             refs = []
             for part_id in self.part_ids():
-                meta = self.part(part_id)["meta"]
-                ends = np.asarray(meta["episode_ends"][:], dtype=np.int64)
-                seeds = np.asarray(meta["episode_seeds"][:], dtype=np.int64)
+                part = self._part(part_id)
+                ends = np.asarray(meta_array(part, EPISODE_ENDS)[:], dtype=np.int64)
+                seeds = np.asarray(meta_array(part, EPISODE_SEEDS)[:], dtype=np.int64)
                 start = 0
                 for i, end in enumerate(ends.tolist()):
                     seed = int(seeds[i]) if i < len(seeds) else -1
@@ -192,35 +151,64 @@ class EpisodeStore:
     def num_steps(self) -> int:
         return sum(ref.length for ref in self.episodes)
 
-    def read_episode(self, index: int | EpisodeRef) -> dict[str, np.ndarray]:
-        """Every array of one episode, by global index or reference."""
-        ref = index if isinstance(index, EpisodeRef) else self.episodes[index]
-        data = self.part(ref.part)["data"]
-        return {name: np.asarray(data[name][ref.start : ref.stop]) for name in array_names(self.spec)}
+    # -- reading ----------------------------------------------------------
+    def read_episode(
+        self,
+        ref: EpisodeRef | int,
+        keys: Sequence[str] | None = None,
+        start: int = 0,
+        stop: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Rows [ref.start + start, ref.start + stop) of the data arrays `keys`, as {key: [stop - start, ...]}.
+
+        `ref`: an episode of this store, or its index in `episodes`. `keys`: names from the
+        spec's arrays (default all: image, vector if the spec has one, action, reward,
+        terminated, truncated). `stop` None: the episode's end. ValueError for an unknown
+        key or rows outside 0 <= start <= stop <= ref.length.
+        """
+        ref = ref if isinstance(ref, EpisodeRef) else self.episodes[ref]
+        names = check_keys(self.spec, keys)
+        stop = ref.length if stop is None else stop
+        if not 0 <= start <= stop <= ref.length:
+            raise ValueError(
+                f"rows [{start}, {stop}) are not within episode {ref.index} of part {ref.part!r}: "
+                f"need 0 <= start <= stop <= {ref.length} (its length)"
+            )
+        part = self._part(ref.part)
+        return {name: np.asarray(data_array(part, name)[ref.start + start : ref.start + stop]) for name in names}
+
+    def data_array(self, part_id: str, key: str) -> zarr.Array:
+        """The zarr array [N, ...] of data column `key` in part `part_id`, for chunk-level random access.
+
+        Read-only by contract: writing through it would bypass the writer's checks and the
+        order that keeps episodes whole. N counts every row written, including rows past the
+        part's last episode end that are not an episode yet: read only rows of `episodes`.
+        ValueError for an unknown key or part.
+        """
+        check_keys(self.spec, (key,))
+        try:
+            part = self._part(part_id)
+        except KeyError as err:
+            raise ValueError(f"{self.location} has no part {part_id!r}") from err
+        return data_array(part, key)
 
     def read_column(self, name: str) -> np.ndarray:
         """One data array over every visible episode, concatenated in episode order."""
         pieces = []
         for part_id in self.part_ids():
-            ends = self.part(part_id)["meta/episode_ends"][:]
+            part = self._part(part_id)
+            ends = meta_array(part, EPISODE_ENDS)[:]
             if len(ends):
-                pieces.append(np.asarray(self.part(part_id)[f"data/{name}"][: int(ends[-1])]))
+                pieces.append(np.asarray(data_array(part, name)[: int(ends[-1])]))
         if not pieces:
             shape, dtype = array_layout(self.spec)[name]
             return np.zeros((0, *shape), dtype)
         return np.concatenate(pieces)
 
     # -- writing ----------------------------------------------------------
-    def writer(self, writer_id: str | None = None, **kwargs):
+    def writer(self, writer_id: str | None = None, **kwargs) -> PartWriter:
         """A PartWriter that owns a new part of this store (see data/writer.py)."""
-        from worldmodel.data.writer import PartWriter
-
         return PartWriter(self, writer_id, **kwargs)
-
-    def _parts_group(self) -> zarr.Group:
-        """The parts group, opened for writing (readers keep a read-only root)."""
-        store = zarr_store(self.location, read_only=False, storage_options=self.storage_options)
-        return zarr.open_group(store, mode="r+")["parts"]
 
     # -- size -------------------------------------------------------------
     def bytes_on_disk(self) -> int:

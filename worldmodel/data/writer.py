@@ -13,23 +13,32 @@ import socket
 import time
 import uuid
 import warnings
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-from zarr.codecs import BloscCodec, BloscShuffle
 
-from worldmodel.data.store import EpisodeStore, StoreError, array_layout, array_names
+from worldmodel.data.layout import (
+    DEFAULT_IMAGE_CHUNK,
+    EPISODE_ENDS,
+    EPISODE_SEEDS,
+    array_layout,
+    array_names,
+    create_part,
+    data_array,
+    meta_array,
+    open_parts_for_writing,
+)
+from worldmodel.spec import EnvSpec
 
-# 32 frames of 64x64x3 is a 384 KiB chunk: a T=16 window touches one or two
-# chunks; decoding one costs about a millisecond, which the sampler's chunk
-# cache pays once per chunk (benchmarks/store.py).
-DEFAULT_IMAGE_CHUNK = 32
-SCALAR_CHUNK = 4096
-META_CHUNK = 1024
 
+class WritableStore(Protocol):
+    """What a writer needs of its store (an EpisodeStore): where it is, its spec, and a cache to drop."""
 
-def _compressor(shuffle: BloscShuffle) -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)
+    location: str
+    storage_options: dict | None
+    spec: EnvSpec
+
+    def refresh(self) -> None: ...
 
 
 def new_writer_id() -> str:
@@ -46,7 +55,7 @@ class PartWriter:
 
     def __init__(
         self,
-        store: EpisodeStore,
+        store: WritableStore,
         writer_id: str | None = None,
         *,
         image_chunk: int = DEFAULT_IMAGE_CHUNK,
@@ -59,29 +68,9 @@ class PartWriter:
         self._names = array_names(self.spec)
         self._buffer: dict[str, list[np.ndarray]] = {name: [] for name in self._names}
         self._closed = False
-        parts = store._parts_group()
-        if self.writer_id in parts:
-            raise StoreError(f"part {self.writer_id!r} already exists: one writer per part")
-        group = parts.create_group(self.writer_id)
-        group.attrs.update({"host": socket.gethostname(), "pid": os.getpid(), "created": time.time(), **(attrs or {})})
-        data = group.create_group("data")
-        for name, (shape, dtype) in self._layout.items():
-            time_chunk = image_chunk if name == "image" else SCALAR_CHUNK
-            # Bytes of frames repeat whole (flat road, grass, the HUD): zstd finds them unshuffled,
-            # 10.5x on CarRacing vs 5.9x bitshuffled (benchmarks/store.py). Byte shuffle suits floats.
-            shuffle = BloscShuffle.noshuffle if dtype == np.uint8 else BloscShuffle.shuffle
-            data.create_array(
-                name,
-                shape=(0, *shape),
-                chunks=(time_chunk, *shape),
-                dtype=dtype,
-                compressors=[_compressor(shuffle)],
-                fill_value=0,
-            )
-        meta = group.create_group("meta")
-        for name in ("episode_seeds", "episode_ends"):
-            meta.create_array(name, shape=(0,), chunks=(META_CHUNK,), dtype=np.int64, fill_value=0)
-        self._group = group
+        parts = open_parts_for_writing(store.location, store.storage_options)
+        part_attrs = {"host": socket.gethostname(), "pid": os.getpid(), "created": time.time(), **(attrs or {})}
+        self._group = create_part(parts, self.writer_id, self.spec, image_chunk=image_chunk, attrs=part_attrs)
         self.episodes_written = 0
         self.steps_written = 0
 
@@ -168,10 +157,10 @@ class PartWriter:
         n = len(arrays["reward"])
         group = self._group
         for name in self._names:  # data first ...
-            group[f"data/{name}"].append(arrays[name], axis=0)
-        group["meta/episode_seeds"].append(np.array([-1 if seed is None else int(seed)], np.int64))
+            data_array(group, name).append(arrays[name], axis=0)
+        meta_array(group, EPISODE_SEEDS).append(np.array([-1 if seed is None else int(seed)], np.int64))
         end = self.steps_written + n
-        group["meta/episode_ends"].append(np.array([end], np.int64))  # ... visibility last
+        meta_array(group, EPISODE_ENDS).append(np.array([end], np.int64))  # ... visibility last
         self.steps_written = end
         self.episodes_written += 1
         self.store.refresh()
