@@ -50,7 +50,7 @@ def build_bundle(workdir: str) -> str:
 
 def dream_generation(bundle: str, population: int, rollouts: int, steps: int) -> float:
     """Seconds for one full generation in the dream (no early termination: every dream runs `steps`)."""
-    from agents.cmaes import dream_returns
+    from agents.dream_fitness import dream_returns
     from worldmodel.bundle import load_bundle
     from worldmodel.models import Controller
 

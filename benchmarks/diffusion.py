@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def build(device: str):
     from worldmodel.models import MDNRNN, ConvVAE, MDNRNNConfig, VAEConfig
     from worldmodel.models.diffusion import DiffusionConfig, DiffusionWorld, DiffusionWorldModel, parameter_count
-    from worldmodel.models.world import VMCWorldModel
+    from worldmodel.models.vmc import VMCWorldModel
     from worldmodel.spec import ActionSpec, EnvSpec, ImageSpec
 
     torch.manual_seed(0)

@@ -75,6 +75,7 @@ def box_bundle(tmp_path_factory) -> str:
     from worldmodel.data import EpisodeStore
     from worldmodel.models import MDNRNN, ConvVAE, MDNRNNConfig, VAEConfig
     from worldmodel.models.io import save_pretrained
+    from worldmodel.models.vector_norm import VectorStats
     from worldmodel.spec import ActionSpec, EnvSpec, ImageSpec
     from worldmodel.train.presets import get_preset
 
@@ -97,9 +98,9 @@ def box_bundle(tmp_path_factory) -> str:
     torch.manual_seed(0)
     vae = ConvVAE(VAEConfig(**get_preset("vae", "tiny").model))
     mdnrnn = MDNRNN(MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, **get_preset("mdnrnn", "tiny").model))
-    extra = {"spec": spec.to_dict(), "training": {"vector_norm": {"mean": [], "std": []}}}
+    extra = {"spec": spec.to_dict(), "training": {}}
     save_pretrained(vae, root / "vae", extra)
-    save_pretrained(mdnrnn, root / "mdnrnn", extra)
+    VectorStats().save(save_pretrained(mdnrnn, root / "mdnrnn", extra))
     return str(write_vmc_bundle(root / "bundle", root / "vae", root / "mdnrnn", [store.location], contexts=4))
 
 

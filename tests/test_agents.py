@@ -71,17 +71,19 @@ def test_cmaes_resumes_from_its_last_generation(cartpole_bundle, tmp_path):
 
 
 def test_population_split_over_ray_workers_matches_one_batch(cartpole_bundle):
-    from agents.cmaes import _evaluate
+    from agents.dream_fitness import DreamFitness
     from worldmodel.bundle import load_bundle
-
-    model = load_bundle(cartpole_bundle)
     from worldmodel.models import Controller
 
+    model = load_bundle(cartpole_bundle)
     params = np.random.default_rng(0).normal(0, 0.5, (6, Controller(model.controller_config()).num_params))
-    config = CMAESConfig(population=6, rollouts=3, max_steps=30, temperature=1.0, workers=1)
-    one = _evaluate(cartpole_bundle, params, config, seed=7)
-    split = _evaluate(cartpole_bundle, params, replace(config, workers=2), seed=7)
-    np.testing.assert_allclose(one, split, rtol=1e-4, atol=1e-3)
+    settings = dict(rollouts=3, max_steps=30, temperature=1.0)
+    one = DreamFitness(cartpole_bundle, workers=1, **settings)(params, seed=7)
+    split = DreamFitness(cartpole_bundle, workers=2, **settings)
+    try:
+        np.testing.assert_allclose(one, split(params, seed=7), rtol=1e-4, atol=1e-3)
+    finally:
+        split.close()
 
 
 def test_eval_cli_and_missing_controller(cartpole_bundle, tmp_path):

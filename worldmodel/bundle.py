@@ -50,15 +50,30 @@ def sample_contexts(stores, count: int, length: int, seed: int = 0) -> Context:
         raise BundleError(f"no episode in the store is {length} steps long: cannot take start contexts")
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(refs), size=count, replace=len(refs) < count)
-    frames, actions, vectors = [], [], []
-    for i in picks:
-        store, ref = refs[int(i)]
-        data = store.part(ref.part)["data"]
-        frames.append(np.asarray(data["image"][ref.start : ref.start + length]))
-        actions.append(np.asarray(data["action"][ref.start : ref.start + length]))
-        if store.spec.vector is not None:
-            vectors.append(np.asarray(data["vector"][ref.start : ref.start + length]))
-    return Context(np.stack(frames), np.stack(actions), np.stack(vectors) if vectors else None)
+    keys = ("image", "action") + (("vector",) if stores[0].spec.vector is not None else ())
+    episodes = [store.read_episode(ref, keys, 0, length) for store, ref in (refs[int(i)] for i in picks)]
+    stacked = {key: np.stack([e[key] for e in episodes]) for key in keys}
+    return Context(stacked["image"], stacked["action"], stacked.get("vector"))
+
+
+def _save_contexts(out: Path, start: Context) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"frames": torch.from_numpy(start.frames), "actions": torch.from_numpy(start.actions)}
+    if start.vectors is not None:
+        tensors["vectors"] = torch.from_numpy(start.vectors)
+    save_file(tensors, str(out / CONTEXTS_FILE))
+
+
+def _open_stores(stores: list[str], spec: EnvSpec, what: str) -> list:
+    from worldmodel.data import EpisodeStore
+
+    opened = [EpisodeStore.open(s) for s in stores]
+    for store in opened:
+        if store.spec != spec:
+            raise BundleError(f"{store.location} holds another spec than {what} trained on")
+    return opened
 
 
 def versions() -> dict[str, str]:
@@ -82,11 +97,8 @@ def write_vmc_bundle(
     seed: int = 0,
 ) -> Path:
     """Assemble a V-M-C bundle from two training runs' model directories and the training store(s)."""
-    from safetensors.torch import save_file
-    import torch
-
-    from worldmodel.data import EpisodeStore
     from worldmodel.models.io import WEIGHTS_FILE, load_pretrained
+    from worldmodel.models.vector_norm import VectorStats
 
     vae = load_pretrained(vae_dir, expected="ConvVAE")
     mdnrnn = load_pretrained(mdnrnn_dir, expected="MDNRNN")
@@ -97,20 +109,18 @@ def write_vmc_bundle(
         raise BundleError(f"{vae_dir} and {mdnrnn_dir} were trained on different specs")
     if mdnrnn.config.latent_dim != vae.config.latent_dim:
         raise BundleError(f"M expects z of {mdnrnn.config.latent_dim} dims, V makes {vae.config.latent_dim}")
-    opened = [EpisodeStore.open(s) for s in stores]
-    for store in opened:
-        if store.spec != spec:
-            raise BundleError(f"{store.location} holds another spec than the models were trained on")
+    try:
+        vector_stats = VectorStats.load(mdnrnn_dir)
+    except ValueError as err:
+        raise BundleError(str(err)) from err
+    opened = _open_stores(stores, spec, "the models were")
     start = sample_contexts(opened, contexts, context_length, seed)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, directory in (("vae", vae_dir), ("mdnrnn", mdnrnn_dir)):
         (out / VMC_FILES[name]).write_bytes(Path(directory, WEIGHTS_FILE).read_bytes())
-    tensors = {"frames": torch.from_numpy(start.frames), "actions": torch.from_numpy(start.actions)}
-    if start.vectors is not None:
-        tensors["vectors"] = torch.from_numpy(start.vectors)
-    save_file(tensors, str(out / CONTEXTS_FILE))
+    _save_contexts(out, start)
     config = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -120,7 +130,7 @@ def write_vmc_bundle(
         "vmc": {
             "vae": vae.config.to_dict(),
             "mdnrnn": mdnrnn.config.to_dict(),
-            "vector_norm": m_saved["training"]["vector_norm"],
+            "vector_norm": vector_stats.to_dict(),
         },
         "versions": versions(),
         "provenance": {
@@ -147,11 +157,8 @@ def add_diffusion_to_bundle(
     or make a diffusion-only bundle there (with start contexts from the stores) when none exists."""
     import shutil
 
-    import torch
-    from safetensors.torch import save_file
-
-    from worldmodel.data import EpisodeStore
     from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR
+    from worldmodel.models.vector_norm import VectorStats
 
     diffusion_dir = Path(diffusion_dir)
     saved_path = diffusion_dir / "diffusion.json"
@@ -169,17 +176,11 @@ def add_diffusion_to_bundle(
             raise BundleError(f"bundle {out} carries {config['context_length']}-step contexts; the model needs {length}")
         raw = json.loads((out / CONFIG_FILE).read_text())
     else:
-        opened = [EpisodeStore.open(s) for s in stores]
-        for store in opened:
-            if store.spec != spec:
-                raise BundleError(f"{store.location} holds another spec than the model was trained on")
+        opened = _open_stores(stores, spec, "the model was")
         context_length = max(context_length, length)
         start = sample_contexts(opened, contexts, context_length, seed)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {"frames": torch.from_numpy(start.frames), "actions": torch.from_numpy(start.actions)}
-        if start.vectors is not None:
-            tensors["vectors"] = torch.from_numpy(start.vectors)
-        save_file(tensors, str(out / CONTEXTS_FILE))
+        _save_contexts(out, start)
         raw = {
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "spec": spec.to_dict(), "backends": [],
             "context_length": context_length, "versions": versions(),
@@ -189,7 +190,11 @@ def add_diffusion_to_bundle(
         shutil.rmtree(out / UNET_DIR)
     shutil.copytree(diffusion_dir / UNET_DIR, out / UNET_DIR)
     shutil.copyfile(diffusion_dir / HEAD_FILE, out / HEAD_FILE)
-    raw["diffusion"] = {"config": saved["config"], "vector_norm": saved["vector_norm"]}
+    try:
+        vector_stats = VectorStats.load(diffusion_dir)
+    except ValueError as err:
+        raise BundleError(str(err)) from err
+    raw["diffusion"] = {"config": saved["config"], "vector_norm": vector_stats.to_dict()}
     raw.setdefault("provenance", {})["diffusion"] = saved.get("training", {})
     raw["backends"] = [b for b in raw.get("backends", []) if b != "diffusion"] + ["diffusion"]
     raw["versions"] = versions()
@@ -239,7 +244,7 @@ def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", 
     """The WorldModel of a bundle, with its start contexts as `.contexts`. Nothing is unpickled."""
     from worldmodel.models import MDNRNN, ConvVAE, MDNRNNConfig, VAEConfig
     from worldmodel.models.io import load_weights
-    from worldmodel.models.world import VMCWorldModel
+    from worldmodel.models.vmc import VMCWorldModel
 
     if backend not in BACKENDS:
         raise BundleError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -261,13 +266,10 @@ def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", 
         raise BundleError(f"bundle {path} has a malformed config: {err}") from err
     except ValueError as err:
         raise BundleError(f"bundle {path}: {err}") from err
-    model = VMCWorldModel(
-        spec, vae, mdnrnn, vector_norm=config["vmc"].get("vector_norm"), temperature=temperature, device=device
+    return VMCWorldModel(
+        spec, vae, mdnrnn, contexts=read_contexts(path), vector_norm=config["vmc"].get("vector_norm"),
+        temperature=temperature, device=device,
     )
-    model.contexts = read_contexts(path)
-    model.bundle_path = path
-    model.bundle_config = config
-    return model
 
 
 def _load_diffusion(path: Path, config: dict[str, Any], *, device: str, temperature: float):
@@ -284,14 +286,10 @@ def _load_diffusion(path: Path, config: dict[str, Any], *, device: str, temperat
     except (ValueError, OSError) as err:
         raise BundleError(f"bundle {path}: {err}") from err
     options = config["diffusion"].get("options", {})
-    model = DiffusionWorldModel(
-        config["spec"], world, vector_norm=config["diffusion"].get("vector_norm"), temperature=temperature,
-        sampling_steps=options.get("sampling_steps"), seed=options.get("seed"), device=device,
+    return DiffusionWorldModel(
+        config["spec"], world, contexts=read_contexts(path), vector_norm=config["diffusion"].get("vector_norm"),
+        temperature=temperature, sampling_steps=options.get("sampling_steps"), seed=options.get("seed"), device=device,
     )
-    model.contexts = read_contexts(path)
-    model.bundle_path = path
-    model.bundle_config = config
-    return model
 
 
 def save_controller(path: str | Path, controller, info: dict[str, Any]) -> Path:

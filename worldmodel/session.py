@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from worldmodel.models.world import Context, State, Transition, cat_states, check_actions, split_state
+from worldmodel.models.world import Context, State, Transition, WorldModel, action_tensor, cat_states, has_latents, split_state
 
 OBSERVATION_MODES = ("pixels", "latent")
+"""How a dream is observed, the one list every door checks against: "pixels" (image, plus the vector when
+the spec has one) or "latent" (the model's features; LatentWorldModel backends only)."""
 _SEED_BOUND = 2**63  # sampler seeds in [0, 2**63), drawn as envs/dream.py draws them
 
 
@@ -45,7 +47,7 @@ class DreamBatch:
 
     def __init__(
         self,
-        model,
+        model: WorldModel,
         num_envs: int,
         *,
         observation: str = "pixels",
@@ -57,7 +59,9 @@ class DreamBatch:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if observation not in OBSERVATION_MODES:
             raise ValueError(f"observation must be one of {OBSERVATION_MODES}, got {observation!r}")
-        if observation == "latent" and not hasattr(model, "features"):
+        if not isinstance(model, WorldModel):
+            raise TypeError(f"{type(model).__name__} is not a WorldModel (see worldmodel.models.world)")
+        if observation == "latent" and not has_latents(model):
             raise ValueError(f"the {model.backend} backend has no latent observation; use observation='pixels'")
         if max_episode_steps < 0:
             raise ValueError(f"max_episode_steps must be >= 0 (0: never truncate), got {max_episode_steps}")
@@ -88,30 +92,29 @@ class DreamBatch:
         return self.observation_mode == "pixels"
 
     # -- reset -------------------------------------------------------------
-    def reset(self, seed: int | None = None, indices=None) -> dict[str, Tensor]:
-        """Start envs (all, or `indices`) from fresh real contexts; returns every env's observation.
+    def reset(self, seed: int | None = None, indices=None, *, seeds=None, picks=None) -> dict[str, Tensor]:
+        """Start envs (all, or `indices`) from real contexts; returns every env's observation.
 
-        `seed` reseeds the envs it resets: env i with seed + i. Without it each env draws from its own stream.
+        `seed` reseeds the envs it resets, env i with seed + i; `seeds` gives one seed per reset env
+        instead (None keeps that env's stream). `picks` chooses each reset env's start context (indices
+        into `model.contexts`); by default each env draws it from its own stream. Without seeds each env
+        draws from its own stream, so an env's dream never depends on its batch-mates.
         """
-        if indices is None or self.state is None:
-            indices = np.arange(self.num_envs)
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        indices = self._reset_indices(indices)
         if indices.size == 0:
             return dict(self.observation)
-        if indices.min() < 0 or indices.max() >= self.num_envs:
-            raise ValueError(f"env indices must be in [0, {self.num_envs}), got {indices.tolist()}")
-        if len(np.unique(indices)) != len(indices):
-            raise ValueError(f"env indices must not repeat, got {indices.tolist()}")
-        if seed is not None:
-            if seed < 0:
-                raise ValueError(f"seed must be >= 0, got {seed}")
-            for i in indices:
-                self.rngs[i] = np.random.default_rng(seed + int(i))
+        for i, env_seed in zip(indices, self._reset_seeds(seed, seeds, indices)):
+            if env_seed is not None:
+                self.rngs[i] = np.random.default_rng(env_seed)
         count = len(self.model.contexts)
-        picks = np.array([self.rngs[i].integers(count) for i in indices], dtype=np.int64)
+        drawn = np.array([self.rngs[i].integers(count) for i in indices], dtype=np.int64)
+        if picks is not None:
+            drawn = np.asarray(picks, dtype=np.int64).reshape(-1)
+            if drawn.shape != indices.shape or drawn.min() < 0 or drawn.max() >= count:
+                raise ValueError(f"picks must be {len(indices)} context indices in [0, {count}), got {drawn.tolist()}")
         for i in indices:
             self.generators[i].manual_seed(int(self.rngs[i].integers(_SEED_BOUND)))
-        fresh, observed = self._starts(picks)
+        fresh, observed = self._starts(drawn)
         if self.state is None or len(indices) == self.num_envs:
             order = torch.as_tensor(np.argsort(indices), device=self.model.device)
             self.state = {key: value[order] for key, value in fresh.items()}
@@ -123,6 +126,30 @@ class DreamBatch:
             self.observation = {key: value.index_copy(0, index, observed[key]) for key, value in self.observation.items()}
         self.elapsed[indices] = 0
         return dict(self.observation)
+
+    def _reset_indices(self, indices) -> np.ndarray:
+        if indices is None or self.state is None:
+            return np.arange(self.num_envs)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_envs):
+            raise ValueError(f"env indices must be in [0, {self.num_envs}), got {indices.tolist()}")
+        if len(np.unique(indices)) != len(indices):
+            raise ValueError(f"env indices must not repeat, got {indices.tolist()}")
+        return indices
+
+    @staticmethod
+    def _reset_seeds(seed: int | None, seeds, indices: np.ndarray) -> list[int | None]:
+        if seed is not None and seeds is not None:
+            raise ValueError("give seed (env i gets seed + i) or seeds (one per env), not both")
+        if seeds is not None:
+            seeds = [None if s is None else int(s) for s in seeds]
+            if len(seeds) != len(indices):
+                raise ValueError(f"{len(seeds)} seeds for {len(indices)} envs to reset")
+        else:
+            seeds = [None if seed is None else int(seed) + int(i) for i in indices]
+        if any(s is not None and s < 0 for s in seeds):
+            raise ValueError(f"seeds must be >= 0, got {[s for s in seeds if s is not None and s < 0]}")
+        return seeds
 
     def _starts(self, picks: np.ndarray) -> tuple[State, dict[str, Tensor]]:
         """Start states and observations of the contexts `picks`, each context computed once and kept.
@@ -160,7 +187,7 @@ class DreamBatch:
     # -- step --------------------------------------------------------------
     def check_actions(self, actions) -> Tensor:
         """Actions [N] int (discrete) or [N, A] (box) as a tensor, or ValueError saying what was expected."""
-        return check_actions(self.spec, actions, self.num_envs, self.model.device)
+        return action_tensor(self.spec, actions, self.num_envs, self.model.device)
 
     def check_reset_mask(self, reset_mask) -> np.ndarray:
         mask = np.asarray(reset_mask, dtype=bool)
@@ -239,7 +266,7 @@ def _checked_actions(batches: list[DreamBatch], actions: list) -> Tensor:
     device = batches[0].model.device
     total = sum(b.num_envs for b in batches)
     try:
-        return check_actions(batches[0].spec, torch.cat([t.to(device) for t in tensors]), total, device)
+        return action_tensor(batches[0].spec, torch.cat([t.to(device) for t in tensors]), total, device)
     except ValueError:
         for batch, a in zip(batches, actions):
             batch.check_actions(a)

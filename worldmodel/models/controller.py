@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from worldmodel.models.config import ConfigMixin
 
@@ -87,20 +88,20 @@ class Controller(nn.Module):
 
     def get_flat(self) -> Tensor:
         """The parameters as one 1-D tensor [num_params] (a copy): [W.flatten(), b]."""
-        return torch.cat([self.linear.weight.detach().reshape(-1), self.linear.bias.detach()]).clone()
+        return parameters_to_vector(self.parameters()).detach().clone()
 
     @torch.no_grad()
     def set_flat(self, vec: Tensor) -> None:
         """Load parameters from a 1-D vector [num_params] laid out as `get_flat` returns it."""
-        vec = torch.as_tensor(vec)
+        vec = torch.as_tensor(vec, dtype=torch.float32)
         if tuple(vec.shape) != (self.num_params,):
             raise ValueError(f"expected a flat parameter vector of shape ({self.num_params},), got {tuple(vec.shape)}")
-        weight, bias = self._unflatten(vec[None])
-        self.linear.weight.copy_(weight[0])
-        self.linear.bias.copy_(bias[0])
+        # A copy: vector_to_parameters makes the parameters views of the vector it is given.
+        vector_to_parameters(vec.to(self.linear.weight.device).clone(), self.parameters())
 
     def _unflatten(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        """params [N, num_params] -> (weight [N, A, I], bias [N, A])."""
+        """params [N, num_params] -> (weight [N, A, I], bias [N, A]): each row laid out as
+        parameters_to_vector lays out (weight, bias), so row n equals `set_flat(params[n])`."""
         n, _ = params.shape
         a, i = self.config.action_dim, self.config.input_dim
         return params[:, : a * i].reshape(n, a, i), params[:, a * i :]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +26,13 @@ from worldmodel.models.config import ConfigMixin
 
 if TYPE_CHECKING:
     from worldmodel.spec import EnvSpec
+
+
+def sample_latent(mu: Tensor | np.ndarray, logvar: Tensor | np.ndarray, noise: Tensor | np.ndarray):
+    """The reparameterisation z = mu + exp(logvar / 2) * noise, noise ~ N(0, I) (Kingma & Welling 2014):
+    the one home of V's posterior sample, for tensors or numpy arrays (training batches) of any shape."""
+    sigma = (0.5 * logvar).exp() if isinstance(logvar, Tensor) else np.exp(0.5 * logvar)
+    return mu + sigma * noise
 
 # The paper's decoder kernels. They are not a config field because the decoder
 # only works for this exact set: from 1x1, stride 2, they give 5, 13, 30, 64.
@@ -133,9 +141,8 @@ class ConvVAE(nn.Module):
 
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I); mu, logvar, z [B, Z]."""
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
-        return mu + torch.exp(0.5 * logvar) * eps
+        """z ~ N(mu, exp(logvar)) drawn with `generator`; mu, logvar, z [B, Z]."""
+        return sample_latent(mu, logvar, torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype))
 
     def decode(self, z: Tensor) -> Tensor:
         """z [B, Z] -> x [B, C, 64, 64] in [0, 1]."""

@@ -1,10 +1,12 @@
-"""V's latents of a store, encoded once and cached beside it as zarr.
+"""V's latents of a store, encoded once and cached under the run that needs them.
 
-    STORE.latents.zarr/zarr.json               attrs: the VAE's fingerprint
-    STORE.latents.zarr/<part-id>/mu, logvar    (N, Z) float32, N = the part's visible steps
+    RUN/latents/<name>-<hash>.zarr/zarr.json               attrs: the VAE's fingerprint, the store
+    RUN/latents/<name>-<hash>.zarr/<part-id>/mu, logvar    (N, Z) float32, N = the part's visible steps
 
-A cache made by another VAE is rebuilt; parts added to the store since are
-encoded and added; a part that grew is re-encoded.
+<name>-<hash> is the store's name and a hash of its location, so several stores
+share one cache folder. The store itself is never written (it may be read-only
+or shared). A cache made by another VAE is rebuilt; parts added to the store
+since are encoded and added; a part that grew is re-encoded.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from worldmodel.data.store import EpisodeStore, zarr_store
+from worldmodel.data.store import EpisodeStore
 from worldmodel.models.images import to_model_input
 from worldmodel.models.io import CONFIG_FILE, WEIGHTS_FILE, load_pretrained
 
@@ -31,27 +33,31 @@ def vae_fingerprint(vae_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
-def latents_location(store: EpisodeStore) -> str:
-    return store.location.rstrip("/") + ".latents.zarr"
+def latents_location(store: EpisodeStore, cache_dir: str | Path) -> str:
+    """Where `store`'s latents are cached under `cache_dir` (a run's latents/ folder)."""
+    name = store.location.rstrip("/").split("/")[-1].removesuffix(".zarr") or "store"
+    digest = hashlib.sha256(store.location.encode()).hexdigest()[:12]
+    return str(Path(cache_dir).resolve() / f"{name}-{digest}.zarr")
 
 
-def encode_store(store: EpisodeStore, vae_dir: str | Path, batch_size: int = 256, show_progress: bool = True) -> str:
-    """Bring STORE.latents.zarr up to date with `store` and the VAE in `vae_dir`; returns its location."""
+def encode_store(store: EpisodeStore, vae_dir: str | Path, cache_dir: str | Path, batch_size: int = 256,
+                 show_progress: bool = True) -> str:
+    """Bring `store`'s latents under `cache_dir` up to date with the store and the VAE in `vae_dir`;
+    returns the cache's location."""
     fingerprint = vae_fingerprint(vae_dir)
-    location = latents_location(store)
-    backing = zarr_store(location, read_only=False, storage_options=store.storage_options)
-    root = zarr.open_group(backing, mode="a")
+    location = latents_location(store, cache_dir)
+    root = zarr.open_group(location, mode="a")
     if root.attrs.get(ATTR, {}).get("vae") != fingerprint:
-        root = zarr.open_group(backing, mode="w")  # another V: nothing in it is valid
-        root.attrs[ATTR] = {"vae": fingerprint}
-    steps = {part: _visible_steps(store, part) for part in store.part_ids()}
+        root = zarr.open_group(location, mode="w")  # another V: nothing in it is valid
+        root.attrs[ATTR] = {"vae": fingerprint, "store": store.location}
+    steps = visible_steps(store)
     todo = [p for p, n in steps.items() if n and (p not in root or root[p]["mu"].shape[0] != n)]
     if not todo:
         return location
     vae = load_pretrained(vae_dir, expected="ConvVAE")
     with tqdm(total=sum(steps[p] for p in todo), desc="encode latents", unit="frame", disable=not show_progress) as bar:
         for part in todo:
-            images = store.part(part)["data/image"]
+            images = store.data_array(part, "image")
             mu, logvar = [], []
             for start in range(0, steps[part], batch_size):
                 stop = min(start + batch_size, steps[part])
@@ -70,16 +76,16 @@ def encode_store(store: EpisodeStore, vae_dir: str | Path, batch_size: int = 256
 
 def read_latents(store: EpisodeStore, location: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{part: (mu, logvar)} for every visible step of the store."""
-    root = zarr.open_group(zarr_store(location, read_only=True, storage_options=store.storage_options), mode="r")
-    out = {}
-    for part in store.part_ids():
-        n = _visible_steps(store, part)
-        if n:
-            out[part] = (np.asarray(root[part]["mu"][:n]), np.asarray(root[part]["logvar"][:n]))
-    return out
+    root = zarr.open_group(location, mode="r")
+    return {
+        part: (np.asarray(root[part]["mu"][:n]), np.asarray(root[part]["logvar"][:n]))
+        for part, n in visible_steps(store).items() if n
+    }
 
 
-def _visible_steps(store: EpisodeStore, part: str) -> int:
-    ends = store.part(part)["meta/episode_ends"][:]
-    return int(ends[-1]) if len(ends) else 0
-
+def visible_steps(store: EpisodeStore) -> dict[str, int]:
+    """{part: steps covered by its committed episodes} (0 for a part with none yet)."""
+    steps = dict.fromkeys(store.part_ids(), 0)
+    for ref in store.episodes:
+        steps[ref.part] = max(steps[ref.part], ref.stop)
+    return steps

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from worldmodel.errors import UserError
+from worldmodel.train.config import TrainConfig
 from worldmodel.train.loop import STATE_FILE
 
 
@@ -48,8 +49,8 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
     return path, step
 
 
-def launch(name: str, train_func: Callable[[dict], None], config: dict[str, Any], options: LaunchOptions):
-    """Fit `train_func` with `options.workers` DDP workers; returns Ray's Result."""
+def launch(train_func: Callable[[dict], None], config: TrainConfig, options: LaunchOptions):
+    """Fit `train_func` with `options.workers` DDP workers (each gets `config.to_dict()`); returns Ray's Result."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -72,13 +73,13 @@ def launch(name: str, train_func: Callable[[dict], None], config: dict[str, Any]
     threads = options.threads_per_worker or max(1, cpus // options.workers)
     use_gpu = options.gpus_per_worker > 0
     resources = {"CPU": 1, **({"GPU": options.gpus_per_worker} if use_gpu else {})}
-    config = {**config, "out": str(out), "name": name, "threads_per_worker": threads}
-    if options.resume and previous is not None:
-        # Train v2 dropped `resume_from_checkpoint`; the loop reads this when Ray has no checkpoint of its own.
-        config["resume_from"] = str(previous[0])
+    # Train v2 dropped `resume_from_checkpoint`; the loop reads resume_from when Ray has no checkpoint of its own.
+    resume_from = str(previous[0]) if options.resume and previous is not None else ""
+    config = config.replace(out=str(out), threads_per_worker=threads, resume_from=resume_from)
+    name = config.model_name
     trainer = TorchTrainer(
         train_func,
-        train_loop_config=config,
+        train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,
@@ -119,17 +120,36 @@ def common_spec(stores: list[str]):
     return opened[0].spec
 
 
-def export_model(out: str, class_name: str, config: dict[str, Any], spec) -> Path:
-    """Write RUN/model from the final checkpoint, and RUN/loss.png from RUN/metrics.csv."""
+def export_model(out: str, class_name: str, config: TrainConfig, spec) -> Path:
+    """Write RUN/model (weights, config, provenance, vector_norm.json) from the final checkpoint, and
+    RUN/loss.png from RUN/metrics.csv."""
     from worldmodel.models.io import MODEL_CLASSES, load_weights, save_pretrained
+    from worldmodel.models.vector_norm import VectorStats
     from worldmodel.train.loop import MODEL_FILE
     from worldmodel.train.metrics import plot_metrics
 
     run = Path(out).resolve()
     model_cls, config_cls = MODEL_CLASSES[class_name]
-    model = model_cls(config_cls.from_dict(config["model"]))
+    model = model_cls(config_cls.from_dict(config.model))
     load_weights(model, final_checkpoint_dir(run) / MODEL_FILE)
-    provenance = {k: v for k, v in config.items() if k not in ("model", "out")}
-    target = save_pretrained(model, run / "model", extra={"spec": spec.to_dict(), "training": provenance})
-    plot_metrics(run / "metrics.csv", run / "loss.png", f"{class_name} ({config.get('preset')})")
+    target = save_pretrained(model, run / "model", extra={"spec": spec.to_dict(), "training": config.provenance()})
+    VectorStats.from_dict(config.vector_norm).save(target)
+    plot_metrics(run / "metrics.csv", run / "loss.png", f"{class_name} ({config.preset})")
     return target
+
+
+def starting_point(init_from: str, class_name: str, fresh: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(model directory, model config) a run starts from: `fresh` (the preset's config) when `init_from` is
+    empty, else the saved model's own config, so fine-tuning keeps its architecture whatever the preset."""
+    if not init_from:
+        return "", fresh
+    from worldmodel.models.io import CONFIG_FILE, load_pretrained
+
+    directory = Path(init_from).resolve()
+    if (directory / "model" / CONFIG_FILE).is_file():
+        directory = directory / "model"  # a run directory: its model/
+    try:
+        load_pretrained(directory, expected=class_name)  # checks files, class and weights before Ray starts
+    except (FileNotFoundError, ValueError) as err:
+        raise TrainingError(f"cannot start from {init_from}: {err}") from err
+    return str(directory), json.loads((directory / CONFIG_FILE).read_text())["config"]

@@ -14,14 +14,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from worldmodel.models.io import load_weights, state_dict_for_saving, unwrap
+from worldmodel.models.io import WEIGHTS_FILE, load_weights, state_dict_for_saving, unwrap
+from worldmodel.train.config import TrainConfig
 from worldmodel.train.metrics import MetricsLog
 
 MODEL_FILE = "model.safetensors"
@@ -44,12 +44,12 @@ class _ObjectiveModule(nn.Module):
         return self.objective(self.model, batch)
 
 
-def seed_worker(config: dict[str, Any]) -> None:
+def seed_worker(config: TrainConfig) -> None:
     """Seed torch on this rank; a train_func calls it before it builds the model, whose initial
     weights are part of the run (so is the sampling noise of training, drawn later)."""
     import ray.train
 
-    torch.manual_seed(config["seed"] + ray.train.get_context().get_world_rank())
+    torch.manual_seed(config.seed + ray.train.get_context().get_world_rank())
 
 
 def batch_rng(seed: int, rank: int, step: int) -> np.random.Generator:
@@ -58,20 +58,20 @@ def batch_rng(seed: int, rank: int, step: int) -> np.random.Generator:
 
 
 def train_loop(
-    config: dict[str, Any],
+    config: TrainConfig,
     model: nn.Module,
     next_batch: Callable[[np.random.Generator], dict[str, np.ndarray]],
     objective: Objective,
     to_tensors: Callable[[dict[str, np.ndarray], torch.device], Batch] | None = None,
 ) -> None:
-    """Train `model` for config["max_steps"] steps (see train/launcher.py for the keys); the train_func
-    built it after seed_worker(config)."""
+    """Train `model` for config.max_steps steps; the train_func built it after seed_worker(config). A run
+    with `init_from` starts from that model directory's weights, unless it has a checkpoint of its own."""
     import ray.train
     import ray.train.torch
 
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    threads = int(config.get("threads_per_worker") or 0)
+    threads = config.threads_per_worker
     if threads > 0:
         torch.set_num_threads(threads)
     device = ray.train.torch.get_device()
@@ -83,20 +83,22 @@ def train_loop(
             load_weights(model, Path(directory) / MODEL_FILE)
             optimizer_state = torch.load(Path(directory) / OPTIMIZER_FILE, weights_only=True)
             start_step = json.loads((Path(directory) / STATE_FILE).read_text())["step"]
+    elif config.init_from:
+        load_weights(model, Path(config.init_from) / WEIGHTS_FILE)
 
     wrapped = ray.train.torch.prepare_model(_ObjectiveModule(model, objective))
-    optimizer = torch.optim.Adam(unwrap(wrapped).parameters(), lr=config["lr"])
+    optimizer = torch.optim.Adam(unwrap(wrapped).parameters(), lr=config.lr)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     convert = to_tensors or _default_to_tensors
 
-    out = Path(config["out"])
+    out = Path(config.out)
     log = MetricsLog(out / "metrics.csv", resume_after=start_step) if rank == 0 else None
-    bar = _progress(rank, config["max_steps"], start_step, config.get("name", "train"))
-    max_steps, grad_clip = config["max_steps"], config.get("grad_clip")
+    bar = _progress(rank, config.max_steps, start_step, config.model_name)
+    max_steps, grad_clip = config.max_steps, config.grad_clip
     samples, window_start = 0, time.perf_counter()
     for step in range(start_step + 1, max_steps + 1):
-        batch = convert(next_batch(batch_rng(config["seed"], rank, step)), device)
+        batch = convert(next_batch(batch_rng(config.seed, rank, step)), device)
         loss, logs = wrapped(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -107,28 +109,28 @@ def train_loop(
         if bar is not None:
             bar.update(1)
         is_last = step == max_steps
-        if step % config["log_every"] == 0 or is_last or step % config["checkpoint_every"] == 0:
+        if step % config.log_every == 0 or is_last or step % config.checkpoint_every == 0:
             elapsed = time.perf_counter() - window_start
             metrics = {"step": step, "loss": float(loss.detach()), **{k: float(v) for k, v in logs.items()}}
             metrics["charts/samples_per_second"] = samples / elapsed if elapsed > 0 else 0.0
             samples, window_start = 0, time.perf_counter()
             if log is not None:
                 log.append(metrics)
-            if step % config["checkpoint_every"] == 0 or is_last:
+            if step % config.checkpoint_every == 0 or is_last:
                 _report(metrics, rank, model, optimizer, step)
     if bar is not None:
         bar.close()
 
 
-def _newest_checkpoint(config: dict[str, Any]):
+def _newest_checkpoint(config: TrainConfig):
     """Ray's checkpoint (after a worker failure, or its own restore of the run) or the one
     `--resume` found on disk, whichever is further along: a driver killed mid-run can leave
     Ray's record of checkpoints behind the files."""
     import ray.train
 
     candidates = [ray.train.get_checkpoint()]
-    if config.get("resume_from"):
-        candidates.append(ray.train.Checkpoint(config["resume_from"]))
+    if config.resume_from:
+        candidates.append(ray.train.Checkpoint(config.resume_from))
 
     def step_of(checkpoint) -> int:
         with checkpoint.as_directory() as directory:

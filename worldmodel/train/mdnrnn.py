@@ -14,8 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch, store_locations
-from worldmodel.train.presets import get_preset, loop_config, shard
+from worldmodel.models.vae import sample_latent
+from worldmodel.train.config import TrainConfig
+from worldmodel.train.launcher import (
+    LaunchOptions, TrainingError, common_spec, export_model, launch, starting_point, store_locations,
+)
+from worldmodel.train.presets import get_preset, shard
 
 
 class SequenceSampler:
@@ -46,47 +50,50 @@ class SequenceSampler:
             rows.append(row)
         batch = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
         noise = rng.standard_normal(batch["mu"].shape).astype(np.float32)
-        batch["z"] = batch.pop("mu") + np.exp(0.5 * batch.pop("logvar")) * noise
+        batch["z"] = sample_latent(batch.pop("mu"), batch.pop("logvar"), noise)
         return batch
 
 
-def load_episodes(config: dict[str, Any], rank: int, world: int) -> list[dict[str, np.ndarray]]:
+def load_episodes(config: TrainConfig, rank: int, world: int) -> list[dict[str, np.ndarray]]:
     """This worker's share of whole episodes: latents plus the store's actions, rewards, ends (and vectors)."""
     from worldmodel.data import EpisodeStore
+    from worldmodel.models.vector_norm import VectorStats
     from worldmodel.train.latents import read_latents
 
-    mean, std = (np.asarray(config["vector_norm"][k], np.float32) for k in ("mean", "std"))
+    stats = VectorStats.from_dict(config.vector_norm)
     episodes = []
-    for location, latent_location in zip(config["stores"], config["latents"]):
+    for location, latent_location in zip(config.stores, config.latents):
         store = EpisodeStore.open(location)
         latents = read_latents(store, latent_location)
+        keys = ("action", "reward", "terminated") + (("vector",) if store.spec.vector is not None else ())
         for ref in shard(store.episodes, rank, world):
-            data = store.part(ref.part)["data"]
+            data = store.read_episode(ref, keys)
             episode = {
                 "mu": latents[ref.part][0][ref.start : ref.stop],
                 "logvar": latents[ref.part][1][ref.start : ref.stop],
-                **{k: np.asarray(data[k][ref.start : ref.stop]) for k in ("action", "reward", "terminated")},
+                **{k: data[k] for k in ("action", "reward", "terminated")},
             }
             if store.spec.vector is not None:
-                episode["vector"] = (np.asarray(data["vector"][ref.start : ref.stop]) - mean) / std
+                episode["vector"] = stats.normalize_numpy(data["vector"])
             episodes.append(episode)
     return episodes
 
 
-def train_func(config: dict[str, Any]) -> None:
+def train_func(raw: dict[str, Any]) -> None:
     """One Ray Train worker."""
     import ray.train
 
     from worldmodel.models import MDNRNN, MDNRNNConfig
     from worldmodel.train.loop import seed_worker, train_loop
 
+    config = TrainConfig.from_dict(raw)
     context = ray.train.get_context()
-    sampler = SequenceSampler(load_episodes(config, context.get_world_rank(), context.get_world_size()), config["window"])
+    sampler = SequenceSampler(load_episodes(config, context.get_world_rank(), context.get_world_size()), config.window)
     seed_worker(config)
-    model = MDNRNN(MDNRNNConfig.from_dict(config["model"]))
+    model = MDNRNN(MDNRNNConfig.from_dict(config.model))
 
     def next_batch(rng):
-        return sampler.sample(config["batch_size"], rng)
+        return sampler.sample(config.batch_size, rng)
 
     def objective(mdnrnn, batch):
         return mdnrnn.loss(
@@ -97,15 +104,14 @@ def train_func(config: dict[str, Any]) -> None:
 
 
 def vector_normalization(stores: list[str]) -> dict[str, list[float]]:
-    """Per-dimension mean and std of the vector observation over the stores (identity without one)."""
+    """VectorStats of the vector observation over the stores, as a dict (empty without a vector)."""
     from worldmodel.data import EpisodeStore
+    from worldmodel.models.vector_norm import VectorStats
 
     opened = [EpisodeStore.open(s) for s in stores]
     if opened[0].spec.vector is None:
-        return {"mean": [], "std": []}
-    values = np.concatenate([s.read_column("vector") for s in opened])
-    std = values.std(axis=0)
-    return {"mean": values.mean(axis=0).tolist(), "std": np.where(std > 1e-6, std, 1.0).tolist()}
+        return VectorStats().to_dict()
+    return VectorStats.fit(np.concatenate([s.read_column("vector") for s in opened])).to_dict()
 
 
 def train_mdnrnn(
@@ -117,26 +123,30 @@ def train_mdnrnn(
     max_steps: int | None = None,
     seed: int = 0,
     predict_delta: bool = False,
+    init_from: str = "",
 ) -> Path:
-    """Encode latents (cached), train M, write RUN/model and RUN/loss.png; returns RUN/model."""
+    """Encode latents (cached under RUN/latents), train M, write RUN/model and RUN/loss.png; returns RUN/model.
+    `init_from`: an M model directory to start from (fine-tuning on new data, or on a fine-tuned V's latents);
+    its architecture and vector normalisation are kept."""
     from worldmodel.data import EpisodeStore
     from worldmodel.models import MDNRNNConfig
     from worldmodel.models.io import load_pretrained
+    from worldmodel.models.vector_norm import VectorStats
     from worldmodel.train.latents import encode_store
 
     spec = common_spec(stores)
     vae = load_pretrained(vae_dir, expected="ConvVAE")
-    latents = [encode_store(EpisodeStore.open(s), vae_dir) for s in store_locations(stores)]
+    cache = Path(options.out).resolve() / "latents"
+    latents = [encode_store(EpisodeStore.open(s), vae_dir, cache) for s in store_locations(stores)]
     chosen = get_preset("mdnrnn", preset)
-    model_config = MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, predict_delta=predict_delta, **chosen.model)
-    config = {
-        **loop_config(chosen, max_steps, seed),
-        "stores": store_locations(stores),
-        "latents": latents,
-        "vae": str(Path(vae_dir).resolve()),
-        "vector_norm": vector_normalization(stores),
-        "model": model_config.to_dict(),
-        "preset": preset,
-    }
-    launch("mdnrnn", train_func, config, options)
+    fresh = MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, predict_delta=predict_delta, **chosen.model)
+    init_from, model_config = starting_point(init_from, "MDNRNN", fresh.to_dict())
+    if model_config["latent_dim"] != vae.config.latent_dim:
+        raise TrainingError(f"{init_from} reads z of {model_config['latent_dim']} dims; V makes {vae.config.latent_dim}")
+    stats = VectorStats.load(init_from) if init_from else VectorStats.from_dict(vector_normalization(stores))
+    config = TrainConfig.from_preset(
+        "mdnrnn", preset, stores=store_locations(stores), model=model_config, max_steps=max_steps, seed=seed,
+        latents=latents, vae=str(Path(vae_dir).resolve()), vector_norm=stats.to_dict(), init_from=init_from,
+    )
+    launch(train_func, config, options)
     return export_model(options.out, "MDNRNN", config, spec)

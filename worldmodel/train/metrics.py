@@ -7,12 +7,13 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Append rows of metrics to a CSV; on resume, rows past the checkpoint step are dropped."""
+    """Append rows of metrics to a CSV; on resume, rows past the checkpoint (by `key`: the training step,
+    a CMA-ES generation, a loop round) are dropped, so a resumed run's log reads as an unbroken one."""
 
-    def __init__(self, path: str | Path, resume_after: int = 0):
+    def __init__(self, path: str | Path, resume_after: int = 0, key: str = "step"):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.rows = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_after] if resume_after else []
+        self.rows = [r for r in read_metrics(self.path) if r.get(key, 0) <= resume_after] if resume_after else []
         self._rewrite()
 
     def append(self, row: dict[str, float]) -> None:
@@ -60,6 +61,31 @@ def plot_metrics(csv_path: str | Path, png_path: str | Path, title: str) -> Path
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return Path(png_path)
+
+
+def plot_returns(csv_path: str | Path, png_path: str | Path, ylabel: str, x: str = "generation") -> Path:
+    """Best and mean (with a +-std band) return per generation, from a CMA-ES log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = read_metrics(csv_path)
+    xs = [r[x] for r in rows]
+    mean, std = np.array([r["mean"] for r in rows]), np.array([r["std"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(xs, [r["best"] for r in rows], label="best of generation")
+    ax.plot(xs, mean, label="population mean")
+    ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)

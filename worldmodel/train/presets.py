@@ -80,23 +80,6 @@ def get_preset(model: str, name: str) -> TrainPreset:
     return PRESETS[model][name]
 
 
-def loop_config(preset: TrainPreset, max_steps: int | None, seed: int) -> dict[str, Any]:
-    """The keys train/loop.py reads, from a preset and the command line."""
-    steps = preset.max_steps if max_steps is None else int(max_steps)
-    if steps < 1:
-        raise ValueError(f"--max-steps must be >= 1, got {steps}")
-    return {
-        "batch_size": preset.batch_size,
-        "lr": preset.lr,
-        "max_steps": steps,
-        "checkpoint_every": min(preset.checkpoint_every, steps),
-        "log_every": min(preset.log_every, steps),
-        "window": preset.window,
-        "grad_clip": preset.grad_clip,
-        "seed": int(seed),
-    }
-
-
 def shard(items: list, rank: int, world: int) -> list:
     """This worker's share of whole episodes (all of them when there are fewer than workers)."""
     mine = items[rank::world]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch, store_locations
-from worldmodel.train.presets import get_preset, loop_config, shard
+from worldmodel.train.config import TrainConfig
+from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch, starting_point, store_locations
+from worldmodel.train.presets import get_preset, shard
 
 
-def train_func(config: dict[str, Any]) -> None:
+def train_func(raw: dict[str, Any]) -> None:
     """One Ray Train worker: random single frames from this worker's episodes."""
     import ray.train
 
@@ -17,16 +18,17 @@ def train_func(config: dict[str, Any]) -> None:
     from worldmodel.models import ConvVAE, VAEConfig, to_model_input
     from worldmodel.train.loop import seed_worker, train_loop
 
+    config = TrainConfig.from_dict(raw)
     context = ray.train.get_context()
-    stores = [EpisodeStore.open(location) for location in config["stores"]]
+    stores = [EpisodeStore.open(location) for location in config.stores]
     episodes = [(i, ref) for i, store in enumerate(stores) for ref in store.episodes]
     mine = shard(episodes, context.get_world_rank(), context.get_world_size())
     sampler = WindowSampler(stores, 1, keys=("image",), episodes=mine)
     seed_worker(config)
-    model = ConvVAE(VAEConfig.from_dict(config["model"]))
+    model = ConvVAE(VAEConfig.from_dict(config.model))
 
     def next_batch(rng):
-        return sampler.sample(config["batch_size"], rng)
+        return sampler.sample(config.batch_size, rng)
 
     def objective(vae, batch):
         return vae.loss(to_model_input(batch["image"][:, 0]))
@@ -41,18 +43,18 @@ def train_vae(
     preset: str = "small",
     max_steps: int | None = None,
     seed: int = 0,
+    init_from: str = "",
 ) -> Path:
-    """Train and write RUN/model (config.json + model.safetensors) and RUN/loss.png; returns RUN/model."""
+    """Train and write RUN/model (config.json + model.safetensors) and RUN/loss.png; returns RUN/model.
+    `init_from`: a V model directory to start from (fine-tuning on new data)."""
     from worldmodel.models import VAEConfig
 
     spec = common_spec(stores)
     chosen = get_preset("vae", preset)
-    model_config = VAEConfig.from_spec(spec, **chosen.model)
-    config = {
-        **loop_config(chosen, max_steps, seed),
-        "stores": store_locations(stores),
-        "model": model_config.to_dict(),
-        "preset": preset,
-    }
-    launch("vae", train_func, config, options)
+    init_from, model_config = starting_point(init_from, "ConvVAE", VAEConfig.from_spec(spec, **chosen.model).to_dict())
+    config = TrainConfig.from_preset(
+        "vae", preset, stores=store_locations(stores), model=model_config, max_steps=max_steps, seed=seed,
+        init_from=init_from,
+    )
+    launch(train_func, config, options)
     return export_model(options.out, "ConvVAE", config, spec)
