@@ -28,12 +28,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from worldmodel.models.world import WorldModel
-from worldmodel.session import DreamBatch
-from worldmodel.spec import EnvSpec
+from worldmodel.session import OBSERVATION_MODES, DreamBatch
 
-__all__ = ["OBSERVATIONS", "DreamEnv", "DreamVectorEnv", "check_action", "make_world_model", "upscale"]
+__all__ = ["DreamEnv", "DreamVectorEnv", "make_world_model", "upscale"]
 
-OBSERVATIONS = ("pixels", "latent")
 RENDER_SCALE = 4  # 64x64 dreams are too small to watch; 4x nearest keeps pixels honest
 RENDER_FPS = 30
 _MODEL_NEEDS = ("spec", "contexts", "initial_state", "step", "observation_of")
@@ -55,16 +53,6 @@ def make_world_model(bundle: str | Path | None, model: WorldModel | None, backen
     if missing:
         raise TypeError(f"model={type(model).__name__} is not a WorldModel with start contexts: it lacks {missing}")
     return model
-
-
-def check_action(spec: EnvSpec, action: Any) -> np.ndarray:
-    """One action as the spec's space holds it, or ValueError saying what was expected."""
-    arr = spec.check_action(action)  # discrete: an integer in range; box: shape and finiteness
-    if not spec.action.is_discrete:
-        low, high = np.asarray(spec.action.low, np.float32), np.asarray(spec.action.high, np.float32)
-        if np.any(arr < low) or np.any(arr > high):
-            raise ValueError(f"box action {arr.tolist()} is outside the action space [{low.tolist()}, {high.tolist()}]")
-    return arr
 
 
 def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
@@ -111,8 +99,8 @@ def _frames(dream: DreamBatch) -> np.ndarray:
 
 
 def _check_options(observation: str, max_episode_steps: int | None, render_mode: str | None, modes: list[str]) -> None:
-    if observation not in OBSERVATIONS:
-        raise ValueError(f"observation must be one of {', '.join(OBSERVATIONS)}; got {observation!r}")
+    if observation not in OBSERVATION_MODES:
+        raise ValueError(f"observation must be one of {', '.join(OBSERVATION_MODES)}; got {observation!r}")
     if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
         raise ValueError(f"max_episode_steps must be None or an int >= 1, got {max_episode_steps!r}")
     if render_mode is not None and render_mode not in modes:
@@ -218,10 +206,10 @@ class DreamEnv(gym.Env):
         if self._dream.state is None:
             raise gym.error.ResetNeeded("DreamEnv: call reset() before step()")
         try:
-            arr = check_action(self.model.spec, action)
+            checked = self.model.spec.check_action(action)  # within the bounds up to float rounding, clipped onto them
         except ValueError as err:
             raise ValueError(f"DreamEnv.step: {err}") from None
-        result = self._dream.step(arr[None])
+        result = self._dream.step(checked[None])
         if self.render_mode == "human":
             self.render()
         observation = _row(_numpy(result.observation), 0)

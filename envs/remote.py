@@ -25,9 +25,8 @@ from gymnasium.vector.utils import batch_space
 from services.client import SimulatorClient
 from worldmodel.spec import EnvSpec
 
-__all__ = ["OBSERVATIONS", "RemoteEnv", "RemoteSession", "RemoteVectorEnv"]
+__all__ = ["RemoteEnv", "RemoteSession", "RemoteVectorEnv"]
 
-OBSERVATIONS = ("pixels", "latent")
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
 
@@ -55,8 +54,6 @@ class RemoteSession:
         root_certificates: bytes | None,
         timeout: float | None,
     ):
-        if observation not in OBSERVATIONS:
-            raise ValueError(f"observation must be one of {', '.join(OBSERVATIONS)}; got {observation!r}")
         if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
             raise ValueError(f"max_episode_steps must be None or an int >= 1, got {max_episode_steps!r}")
         if not isinstance(num_envs, int) or num_envs < 1:
@@ -69,7 +66,7 @@ class RemoteSession:
                 if len(served) != 1:
                     raise ValueError(f"the server at {address} hosts {sorted(served)}: choose one with model=NAME")
                 model = served[0]
-            with _as_value_error(f"the server at {address}"):
+            with _as_value_error(f"the server at {address}"):  # the client checks `observation` against the wire's modes
                 self.info = self.client.create_session(
                     model, backend=backend or "", num_envs=num_envs, temperature=temperature,
                     max_episode_steps=max_episode_steps or 0, observation=observation, png=png,
@@ -226,7 +223,7 @@ class RemoteEnv(gym.Env):
         if self._needs_reset:
             raise gym.error.ResetNeeded("RemoteEnv: call reset() before step()")
         try:
-            action = _check_action(self._session.spec, action)
+            action = self._session.spec.check_action(action)
             observation, reward, terminated, truncated = self._session.step(action[None])
         except ValueError as err:
             raise ValueError(f"RemoteEnv.step: {err}") from None
@@ -361,12 +358,3 @@ def _check_render_mode(render_mode: str | None, observation: str, modes: list[st
     if render_mode is not None and observation == "latent":
         raise ValueError("render_mode needs observation='pixels': latent sessions send no frames")
 
-
-def _check_action(spec: EnvSpec, action: Any) -> np.ndarray:
-    """One action as the spec's space holds it (int64 index or float32 box within bounds), or ValueError."""
-    array = spec.check_action(action)  # discrete: an integer in range; box: shape and finiteness
-    if not spec.action.is_discrete:
-        low, high = np.asarray(spec.action.low, np.float32), np.asarray(spec.action.high, np.float32)
-        if np.any(array < low) or np.any(array > high):
-            raise ValueError(f"box action {array.tolist()} is outside the action space [{low.tolist()}, {high.tolist()}]")
-    return array

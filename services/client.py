@@ -87,11 +87,12 @@ class SimulatorClient:
         observation: str = "pixels",
         png: bool = False,
     ) -> SessionInfo:
-        if observation not in ("pixels", "latent"):
-            raise ValueError(f"observation must be 'pixels' or 'latent', got {observation!r}")
+        observation_mode = wire.OBSERVATION_MODE_CODES.get(observation)
+        if observation_mode is None:
+            raise ValueError(f"observation must be one of {', '.join(wire.OBSERVATION_MODE_CODES)}; got {observation!r}")
         request = pb.CreateSessionRequest(
             model=model, backend=backend, num_envs=num_envs, max_episode_steps=max_episode_steps,
-            observation_mode=pb.OBSERVATION_MODE_LATENT if observation == "latent" else pb.OBSERVATION_MODE_PIXELS,
+            observation_mode=observation_mode,
             image_encoding=pb.IMAGE_ENCODING_PNG if png else pb.IMAGE_ENCODING_RAW,
         )
         if seed is not None:

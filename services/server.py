@@ -23,7 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from services import wire
 from services.batcher import BatcherConfig
 from services.sessions import LimitError, ServedModel, SessionRegistry, UnknownError, load_served_model
-from worldmodel.session import DreamBatch
+from worldmodel.session import OBSERVATION_MODES, DreamBatch
 from worldmodel.v1 import simulator_pb2 as pb
 from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
 
@@ -31,7 +31,8 @@ log = logging.getLogger("worldmodel.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Simulator"].full_name
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # reachable without a token
 _OBSERVATION_MODES = {
-    pb.OBSERVATION_MODE_UNSPECIFIED: "pixels", pb.OBSERVATION_MODE_PIXELS: "pixels", pb.OBSERVATION_MODE_LATENT: "latent",
+    pb.OBSERVATION_MODE_UNSPECIFIED: "pixels",  # unset: the proto's default
+    **{wire.OBSERVATION_MODE_CODES[mode]: mode for mode in OBSERVATION_MODES},
 }
 _ENCODINGS = (pb.IMAGE_ENCODING_UNSPECIFIED, pb.IMAGE_ENCODING_RAW, pb.IMAGE_ENCODING_PNG)
 _MESSAGE_OVERHEAD = 1024  # field tags, shapes and the step counter of a StepResponse, generously

@@ -18,6 +18,13 @@ DTYPES = {
     pb.DTYPE_BOOL: np.dtype("?"),
 }
 CODES = {dtype.kind + str(dtype.itemsize): code for code, dtype in DTYPES.items()}
+OBSERVATION_MODE_CODES: dict[str, int] = {
+    name.removeprefix("OBSERVATION_MODE_").lower(): code
+    for name, code in pb.ObservationMode.items() if code != pb.OBSERVATION_MODE_UNSPECIFIED
+}
+"""{"pixels": OBSERVATION_MODE_PIXELS, "latent": ...}: the modes as the proto's enum codes them, read from the
+generated code so that the client needs no torch; the server builds its mapping from their home,
+worldmodel.session.OBSERVATION_MODES (a mode the proto lacks fails there at import)."""
 
 
 def to_tensor(array) -> pb.Tensor:
@@ -44,34 +51,21 @@ def from_tensor(tensor: pb.Tensor, what: str = "tensor") -> np.ndarray:
 
 
 def actions_from_proto(tensor: pb.Tensor, spec: EnvSpec, num_envs: int) -> np.ndarray:
-    """A step's actions as the spec wants them on the wire, or ValueError saying what was expected:
-    int64 [num_envs] in [0, n) for a discrete space, float32 [num_envs, *shape] within the bounds and
-    finite for a box. Checked in numpy, as worldmodel.models.world.check_actions checks tensors (same
-    messages): a few microseconds, where a few torch ops on tiny tensors cost a hundred."""
+    """A step's actions, or ValueError saying what was expected: the wire tensor must be int64
+    [num_envs] for a discrete space, float32 [num_envs, *shape] for a box; its values are then
+    checked (and box actions clipped onto the bounds) by the spec's one checker, EnvSpec.check_actions."""
     if spec.action.is_discrete:
-        code, shape, space = pb.DTYPE_INT64, (num_envs,), f"Discrete({spec.action.n})"
+        code, shape = pb.DTYPE_INT64, (num_envs,)
     else:
-        code = pb.DTYPE_FLOAT32
-        shape = (num_envs, *spec.action.shape)
-        space = f"Box(low={list(spec.action.low)}, high={list(spec.action.high)}, shape={tuple(spec.action.shape)})"
+        code, shape = pb.DTYPE_FLOAT32, (num_envs, *spec.action.shape)
     got = tuple(int(s) for s in tensor.shape)
     if tensor.dtype != code or got != shape:
         name = pb.DType.Name(tensor.dtype) if tensor.dtype in pb.DType.values() else str(tensor.dtype)
         raise ValueError(
-            f"actions: expected {pb.DType.Name(code)} of shape {shape} (one action of {space} per env), "
-            f"got {name} of shape {got}"
+            f"actions: expected {pb.DType.Name(code)} of shape {shape} (one action of {spec.action.describe()} "
+            f"per env), got {name} of shape {got}"
         )
-    actions = from_tensor(tensor, "actions")
-    if spec.action.is_discrete:
-        if actions.size and (actions.min() < 0 or actions.max() >= spec.action.n):
-            raise ValueError(f"discrete actions must be in [0, {spec.action.n}), got {actions.tolist()}")
-        return actions
-    if not np.isfinite(actions).all():
-        raise ValueError("actions contain NaN or infinite values")
-    low, high = np.asarray(spec.action.low, np.float32), np.asarray(spec.action.high, np.float32)
-    if ((actions < low - 1e-6) | (actions > high + 1e-6)).any():
-        raise ValueError(f"box actions must lie in [{list(spec.action.low)}, {list(spec.action.high)}]")
-    return actions
+    return spec.check_actions(from_tensor(tensor, "actions"), num_envs)
 
 
 def spec_to_proto(spec: EnvSpec) -> pb.EnvSpec:

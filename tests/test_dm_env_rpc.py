@@ -264,7 +264,7 @@ def test_protocol_errors_have_the_right_codes_and_the_stream_goes_on(server):
         assert "int64" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest(actions={1: pack(1.0)}))
         assert "missing action" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest())
         assert "no action uid 4" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest(actions={1: pack(np.int64(0)), 4: pack(1)}))
-        assert "[0, 1]" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest(actions={1: pack(np.int64(2))}))
+        assert "[0, 2)" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest(actions={1: pack(np.int64(2))}))
         assert "shape" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest(actions={1: pack(np.zeros(2, np.int64))}))
         assert "99" in fails(Code.INVALID_ARGUMENT, conn, dm.StepRequest(actions={1: pack(np.int64(0))}, requested_observations=[99]))
         assert "LeaveWorld first" in fails(Code.FAILED_PRECONDITION, conn, dm.DestroyWorldRequest(world_name=world))

@@ -274,7 +274,15 @@ def test_bad_box_actions_are_invalid_argument(client, actions, expected):
     sid = client.create_session("box", num_envs=2, seed=0).session_id
     assert re.search(expected, fails(Code.INVALID_ARGUMENT, client.step, sid, actions))
     assert client.step(sid, np.array([[1, 1, 1], [-1, 0, 0]], np.float32)).step == 1  # bounds are inclusive
+    hair = np.array([[1 + 5e-7, 1, 1], [-1 - 5e-7, 0, 0]], np.float32)  # float rounding of a bound: the spec's tolerance
+    assert client.step(sid, hair).step == 2
     client.close_session(sid)
+
+
+def test_the_wire_codes_every_observation_mode():
+    from worldmodel.session import OBSERVATION_MODES
+
+    assert tuple(wire.OBSERVATION_MODE_CODES) == OBSERVATION_MODES
 
 
 def test_other_malformed_requests_are_invalid_argument(client):
