@@ -78,12 +78,14 @@ class MDNOutput(NamedTuple):
     """Component means [B, T, Z, K]."""
     log_sigma: Tensor
     """Component log standard deviations [B, T, Z, K]."""
-    reward: Tensor
-    """Predicted reward of the step [B, T]."""
+    reward: Tensor | None
+    """Predicted reward of the step [B, T]; None from `step` when reward_from_next (see `next_reward`)."""
     termination_logit: Tensor
     """Logit of "the episode terminated after this step" [B, T]."""
     vector: Tensor | None = None
     """Predicted next vector observation [B, T, D], or None when vector_dim == 0."""
+    hidden: Tensor | None = None
+    """The LSTM output the heads read [B, T, H] (after dropout): `next_reward` takes it."""
 
     def at(self, t: int) -> MDNOutput:
         """The outputs of time step t, [B, ...]; indexing, not squeeze(), so B = 1 stays a batch."""
@@ -113,7 +115,21 @@ class MDNRNNConfig(ConfigMixin):
     identity and can lose to copying z_t (eval-model); on CartPole the absolute form made
     the dream that transferred better (tests/test_agents.py)."""
 
+    reward_from_next: bool = False
+    """The reward head reads [h, z_{t+1}, v_{t+1}] (the next latent and vector: the posterior sample in
+    training, the dreamed one in a dream) instead of h alone. What decides a reward (CarRacing: a car
+    on a fresh road tile, its speed) shows in the next observation, so the dream pays for what it
+    shows. Not in the paper; the termination head stays on h (a terminal step has no next frame)."""
+    dropout: float = 0.0
+    """Dropout rate on M's inputs and on the LSTM output before the heads, in training."""
+    dream_dropout: bool = False
+    """Keep that dropout on while dreaming (Dropout's Dream Land, Wellmer & Kwok 2021): every dream
+    step then runs a different sub-network, which a controller cannot exploit as easily. Masks are
+    drawn from the dream's per-row generators, so dreams stay reproducible."""
+
     def __post_init__(self) -> None:
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"MDNRNNConfig.dropout must be in [0, 1), got {self.dropout!r}")
         for name in ("latent_dim", "action_dim", "hidden_size", "num_mixtures"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -145,7 +161,8 @@ class MDNRNN(nn.Module):
         self.lstm = nn.LSTM(self.input_dim, hidden, batch_first=True)
         # One linear per head: 3 mixture parameters per (z dim, component).
         self.mdn_head = nn.Linear(hidden, 3 * z * k)
-        self.reward_head = nn.Linear(hidden, 1)
+        next_dim = z + config.vector_dim if config.reward_from_next else 0
+        self.reward_head = nn.Linear(hidden + next_dim, 1)
         self.termination_head = nn.Linear(hidden, 1)
         self.vector_head = nn.Linear(hidden, config.vector_dim) if config.vector_dim > 0 else None
 
@@ -197,10 +214,16 @@ class MDNRNN(nn.Module):
             logits=logits,
             mu=mu,
             log_sigma=log_sigma,
-            reward=self.reward_head(h)[..., 0],
+            reward=None if self.config.reward_from_next else self.reward_head(h)[..., 0],
             termination_logit=self.termination_head(h)[..., 0],
             vector=vector,
+            hidden=h,
         )
+
+    def next_reward(self, hidden: Tensor, z_next: Tensor, vector_next: Tensor | None) -> Tensor:
+        """With reward_from_next: the reward [*lead] from h [*lead, H] and the next z [*lead, Z] (and vector)."""
+        parts = [hidden, z_next] + ([vector_next] if self.config.vector_dim > 0 else [])
+        return self.reward_head(torch.cat(parts, dim=-1))[..., 0]
 
     def initial_state(self, batch: int, device: torch.device | str | None = None) -> LSTMState:
         """Zero (h, c), each [1, batch, hidden_size]."""
@@ -220,9 +243,14 @@ class MDNRNN(nn.Module):
         vector [B, T, D] when vector_dim > 0; state (h, c) [1, B, H] or None
         (zeros). Returns the MDNOutput ([B, T, ...]) and the final state.
         """
-        x = self._inputs(z, action, vector)
+        x = F.dropout(self._inputs(z, action, vector), self.config.dropout, self.training)
         h, new_state = self.lstm(x, state)
-        return self._heads(h, z, vector), new_state
+        out = self._heads(F.dropout(h, self.config.dropout, self.training), z, vector)
+        if self.config.reward_from_next:
+            # Teacher forcing: step t's reward reads the real z_{t+1}; the last step has none (zeros, masked in loss).
+            shifted = (lambda x: None if x is None else torch.cat([x[:, 1:], torch.zeros_like(x[:, :1])], dim=1))
+            out = out._replace(reward=self.next_reward(out.hidden, shifted(z), shifted(vector)))
+        return out, new_state
 
     def step(
         self,
@@ -230,14 +258,32 @@ class MDNRNN(nn.Module):
         action: Tensor,
         vector: Tensor | None = None,
         state: LSTMState | None = None,
+        dream: bool = False,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> tuple[MDNOutput, LSTMState]:
         """One step for a batch: z [B, Z]; action [B] or [B, A]; vector [B, D] or None.
 
-        The same LSTM as `forward`, run on a length-1 sequence; outputs are [B, ...].
+        The same LSTM as `forward`, run on a length-1 sequence; outputs are [B, ...]. A `dream`
+        step of a model with dream_dropout (in eval mode) drops units with masks drawn from `generator`.
         """
         x = self._inputs(z, action, vector)
+        keep = self._dream_masks(x.shape[0], x.device, generator) if dream else None
+        if keep is not None:
+            x = x * keep[0]
         h, new_state = self.lstm(x[:, None], state)
+        if keep is not None:
+            h = h * keep[1][:, None]
         return self._heads(h, z[:, None], None if vector is None else vector[:, None]).at(0), new_state
+
+    def _dream_masks(self, batch: int, device, generator) -> tuple[Tensor, Tensor] | None:
+        """Inverted-dropout masks (input [B, I], hidden [B, H]) for a dream step, or None when the
+        dream runs without dropout; drawn from `generator` (one per row keeps rows independent)."""
+        rate = self.config.dropout
+        if self.training or not self.config.dream_dropout or rate == 0.0:
+            return None
+        sizes = (self.input_dim, self.config.hidden_size)
+        keep = (_uniforms((batch, sum(sizes)), generator, torch.device(device)) >= rate).float() / (1.0 - rate)
+        return keep[:, : sizes[0]], keep[:, sizes[0] :]
 
     @torch.no_grad()
     def sample_next_z(
@@ -303,7 +349,11 @@ class MDNRNN(nn.Module):
 
         pair_mask = mask[:, :-1] & mask[:, 1:] if mask is not None else None
         gmm = gmm_nll(z[:, 1:], out.logits[:, :-1], out.mu[:, :-1], out.log_sigma[:, :-1], pair_mask)
-        reward_loss = _masked_mean((out.reward - reward.to(out.reward.dtype)).pow(2), mask)
+        reward_mask = mask
+        if self.config.reward_from_next:  # step t reads z_{t+1}: a window's (or episode's) last step has none
+            pairs = pair_mask if pair_mask is not None else torch.ones_like(reward[:, 1:], dtype=torch.bool)
+            reward_mask = torch.cat([pairs, torch.zeros_like(pairs[:, :1])], dim=1)
+        reward_loss = _masked_mean((out.reward - reward.to(out.reward.dtype)).pow(2), reward_mask)
         termination_loss = _masked_mean(
             F.binary_cross_entropy_with_logits(
                 out.termination_logit, terminated.to(out.termination_logit.dtype), reduction="none"
@@ -341,3 +391,10 @@ def _draw(
         for g in generators
     ]
     return torch.stack([u for u, _ in rows]), torch.stack([n for _, n in rows])
+
+
+def _uniforms(shape: tuple[int, ...], generator, device: torch.device) -> Tensor:
+    """Uniforms of `shape`, from one generator or one per leading row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=device)
+    return torch.stack([torch.rand(shape[1:], generator=g, device=device) for g in generator])

@@ -114,14 +114,17 @@ class VMCWorldModel:
         """
         action = action_tensor(self.spec, action, state["z"].shape[0], self.device)
         tau = self.temperature if temperature is None else temperature
-        out, (h, c) = self.mdnrnn.step(state["z"], action, state.get("vector"), (state["h"][None], state["c"][None]))
+        out, (h, c) = self.mdnrnn.step(
+            state["z"], action, state.get("vector"), (state["h"][None], state["c"][None]), dream=True, generator=generator
+        )
         next_state = {"z": self.mdnrnn.sample_next_z(out, tau, generator), "h": h[0], "c": c[0]}
         if out.vector is not None:
             next_state["vector"] = out.vector
+        reward = out.reward if out.reward is not None else self.mdnrnn.next_reward(out.hidden, next_state["z"], out.vector)
         # The dream ends the way M says the real env would: termination is drawn, not thresholded,
         # so a rare end (a pole that falls, a car that leaves the map) still happens in the dream.
         uniform = draw_uniform(state["z"].shape[0], generator, self.device)
-        return next_state, out.reward.float(), uniform < torch.sigmoid(out.termination_logit.float())
+        return next_state, reward.float(), uniform < torch.sigmoid(out.termination_logit.float())
 
     @torch.no_grad()
     def step(

@@ -22,6 +22,10 @@ from worldmodel.train.launcher import (
 from worldmodel.train.presets import get_preset, shard
 
 
+DREAM_OPTIONS = frozenset({"dropout", "dream_dropout"})
+"""M options a fine-tuned M may change (they add no weights)."""
+
+
 class SequenceSampler:
     """Windows of `window` steps from whole episodes held in RAM, padded and masked when short."""
 
@@ -122,12 +126,16 @@ def train_mdnrnn(
     preset: str = "small",
     max_steps: int | None = None,
     seed: int = 0,
-    predict_delta: bool = False,
     init_from: str = "",
+    window: int | None = None,
+    **model_options: Any,
 ) -> Path:
     """Encode latents (cached under RUN/latents), train M, write RUN/model and RUN/loss.png; returns RUN/model.
+
     `init_from`: an M model directory to start from (fine-tuning on new data, or on a fine-tuned V's latents);
-    its architecture and vector normalisation are kept."""
+    its architecture and vector normalisation are kept. `window`: steps per training sequence (default: the
+    preset's). `model_options`: MDNRNNConfig fields over the preset's (predict_delta, reward_from_next,
+    dropout, dream_dropout); a fine-tuned M keeps its own architecture but takes the dream options."""
     from worldmodel.data import EpisodeStore
     from worldmodel.models import MDNRNNConfig
     from worldmodel.models.io import load_pretrained
@@ -139,8 +147,13 @@ def train_mdnrnn(
     cache = Path(options.out).resolve() / "latents"
     latents = [encode_store(EpisodeStore.open(s), vae_dir, cache) for s in store_locations(stores)]
     chosen = get_preset("mdnrnn", preset)
-    fresh = MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, predict_delta=predict_delta, **chosen.model)
+    unknown = sorted(set(model_options) - DREAM_OPTIONS - {"predict_delta", "reward_from_next"})
+    if unknown:
+        raise TrainingError(f"unknown M options {unknown}")
+    fresh = MDNRNNConfig.from_spec(spec, latent_dim=vae.config.latent_dim, **{**chosen.model, **model_options})
     init_from, model_config = starting_point(init_from, "MDNRNN", fresh.to_dict())
+    if init_from:  # the architecture stays the saved one; how it dreams may change
+        model_config = {**model_config, **{k: v for k, v in model_options.items() if k in DREAM_OPTIONS}}
     if model_config["latent_dim"] != vae.config.latent_dim:
         raise TrainingError(f"{init_from} reads z of {model_config['latent_dim']} dims; V makes {vae.config.latent_dim}")
     stats = VectorStats.load(init_from) if init_from else VectorStats.from_dict(vector_normalization(stores))
@@ -148,5 +161,7 @@ def train_mdnrnn(
         "mdnrnn", preset, stores=store_locations(stores), model=model_config, max_steps=max_steps, seed=seed,
         latents=latents, vae=str(Path(vae_dir).resolve()), vector_norm=stats.to_dict(), init_from=init_from,
     )
+    if window is not None:
+        config = config.replace(window=int(window))
     launch(train_func, config, options)
     return export_model(options.out, "MDNRNN", config, spec)
