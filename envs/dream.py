@@ -5,9 +5,8 @@ forward. Both are thin shells around `worldmodel.session.DreamBatch`, the one
 stepping core over the `WorldModel` interface that the gRPC service drives
 too, so no dynamics, seeding or reset logic lives here (DreamEnv is a batch of
 one). A backend is whatever `worldmodel.load_bundle(path, backend=...)`
-returns; these envs need from it `spec`, `contexts`, `initial_state`, `step`
-and `observation_of`, and, for `observation="latent"`, `step_latent` and
-`features`.
+returns: a `WorldModel` with start contexts, and, for `observation="latent"`,
+a `LatentWorldModel` (worldmodel.models.world declares both).
 
 Registered by `import worldmodel` as "worldmodel/Dream-v0"
 (`gymnasium.make` -> DreamEnv, `gymnasium.make_vec` -> DreamVectorEnv).
@@ -17,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -27,19 +26,18 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from worldmodel.models.world import WorldModel
+from worldmodel.models.world import LatentWorldModel, WorldModel, has_latents
 from worldmodel.session import OBSERVATION_MODES, DreamBatch
 
 __all__ = ["DreamEnv", "DreamVectorEnv", "make_world_model", "upscale"]
 
 RENDER_SCALE = 4  # 64x64 dreams are too small to watch; 4x nearest keeps pixels honest
 RENDER_FPS = 30
-_MODEL_NEEDS = ("spec", "contexts", "initial_state", "step", "observation_of")
-_LATENT_NEEDS = ("step_latent", "features")
 
 
 def make_world_model(bundle: str | Path | None, model: WorldModel | None, backend: str | None, device: str) -> WorldModel:
-    """The model a dream env runs: loaded from `bundle`, or `model` as given (checked, never changed)."""
+    """The model a dream env runs: loaded from `bundle`, or `model` as given (checked, never changed; DreamBatch
+    checks that it carries start contexts)."""
     if (bundle is None) == (model is None):
         got = "both" if bundle is not None else "neither"
         raise ValueError(f"a dream env needs exactly one of bundle=PATH (a bundle directory) or model=WorldModel; got {got}")
@@ -47,12 +45,20 @@ def make_world_model(bundle: str | Path | None, model: WorldModel | None, backen
         from worldmodel.bundle import load_bundle
 
         return load_bundle(bundle, backend or "vmc", device=device)
-    if backend is not None and backend != getattr(model, "backend", None):
-        raise ValueError(f"backend={backend!r} does not match the given model's backend {getattr(model, 'backend', None)!r}")
-    missing = [name for name in _MODEL_NEEDS if getattr(model, name, None) is None]
-    if missing:
-        raise TypeError(f"model={type(model).__name__} is not a WorldModel with start contexts: it lacks {missing}")
+    if not isinstance(model, WorldModel):
+        raise TypeError(f"model={type(model).__name__} is not a WorldModel: it lacks {_lacks(model, WorldModel)}")
+    if backend is not None and backend != model.backend:
+        raise ValueError(f"backend={backend!r} does not match the given model's backend {model.backend!r}")
     return model
+
+
+def _lacks(model: object, protocol: type) -> list[str]:
+    """The members of `protocol` (and the protocols it extends) that `model` does not have, for error messages."""
+    members = {
+        name for cls in protocol.__mro__ if getattr(cls, "_is_protocol", False) and cls is not Protocol
+        for name in (*getattr(cls, "__annotations__", {}), *(k for k, v in vars(cls).items() if callable(v) and not k.startswith("_")))
+    }
+    return sorted(name for name in members if not hasattr(model, name))
 
 
 def upscale(frames: np.ndarray, scale: int) -> np.ndarray:
@@ -81,10 +87,9 @@ def _numpy(observation: dict[str, torch.Tensor]) -> np.ndarray | dict[str, np.nd
 
 def _observation_space(model: WorldModel, observation: str) -> spaces.Space:
     if observation == "latent":
-        missing = [name for name in _LATENT_NEEDS if not hasattr(model, name)]
-        if missing:
+        if not has_latents(model):
             raise ValueError(
-                f"the {getattr(model, 'backend', '?')!r} backend has no latent observation (it lacks {missing}); "
+                f"the {model.backend!r} backend has no latent observation (it lacks {_lacks(model, LatentWorldModel)}); "
                 "use observation='pixels'"
             )
         return spaces.Box(-np.inf, np.inf, (model.feature_dim,), np.float32)

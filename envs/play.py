@@ -22,11 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from worldmodel.spec import EnvSpec
+
+if TYPE_CHECKING:  # torch loads with the dream, not with this module
+    from worldmodel.models.world import WorldModel
 
 BRAKE = 0.8  # CarRacing's keyboard demo brakes at 0.8: 1.0 locks the wheels
 DEFAULT_FPS = 15  # DIAMOND plays its dreams at 15 fps; CarRacing's 50 is too fast to steer by hand
@@ -69,7 +72,7 @@ def action_for(spec: EnvSpec, held: list[int]) -> np.ndarray | int:
 def play(
     bundle: str | Path | None = None,
     *,
-    model: Any = None,
+    model: WorldModel | None = None,
     backend: str | None = None,
     temperature: float | None = None,
     device: str = "cpu",

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.batcher import BatcherConfig, DynamicBatcher
+from worldmodel.models.world import WorldModel, has_latents
 from worldmodel.session import DreamBatch
+from worldmodel.spec import EnvSpec
 
 
 class LimitError(Exception):
@@ -26,11 +28,11 @@ class ServedModel:
 
     name: str
     path: Path
-    models: dict[str, object]
+    models: dict[str, WorldModel]
     batchers: dict[str, DynamicBatcher]
 
     @property
-    def spec(self):
+    def spec(self) -> EnvSpec:
         return next(iter(self.models.values())).spec
 
     @property
@@ -38,8 +40,9 @@ class ServedModel:
         return list(self.models)
 
     def latent_size(self) -> int:
+        """Width of a "latent" observation; 0 when the model has none (a backend without latents)."""
         model = next(iter(self.models.values()))
-        return int(getattr(model, "feature_dim", 0))
+        return int(model.feature_dim) if has_latents(model) else 0
 
 
 def load_served_model(name: str, path: str | Path, device: str, batcher: BatcherConfig) -> ServedModel:
