@@ -183,9 +183,11 @@ def test_box_actions_without_vector_untrained_tiny_model():
 
     spec = EnvSpec(ImageSpec(64, 64, 3), ActionSpec.box([-1.0, 0.0, 0.0], [1.0, 1.0, 1.0]))
     torch.manual_seed(0)
-    model = DiffusionWorldModel(spec, DiffusionWorld(DiffusionConfig.from_spec(spec, **get_preset("diffusion", "tiny").model)))
     rng = np.random.default_rng(0)
     context = Context(rng.integers(0, 256, (2, 5, 64, 64, 3), dtype=np.uint8), rng.uniform(0, 1, (2, 5, 3)).astype(np.float32))
+    world = DiffusionWorld(DiffusionConfig.from_spec(spec, **get_preset("diffusion", "tiny").model))
+    model = DiffusionWorldModel(spec, world, contexts=context)  # a complete simulator: it carries its start contexts
+    assert model.contexts is context
     state = model.initial_state(context)
     assert state["frames"].shape == (2, 4, 64, 64, 3) and state["actions"].shape == (2, 3, 3) and "vectors" not in state
     action = torch.tensor([[0.5, 1.0, 0.0], [-1.0, 0.2, 0.3]])
