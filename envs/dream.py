@@ -22,7 +22,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
@@ -144,9 +143,11 @@ class DreamEnv(gym.Env):
 
     ## Starting State
 
-    `reset(seed=)` draws one of the bundle's start contexts with `np_random`
-    and seeds the dream's sampler from the same stream: the same seed and the
-    same actions give the same trajectory.
+    `reset(seed=s)` starts the dream's own stream, `np.random.default_rng(s)`
+    (the generator gymnasium's `np_random` is seeded with), draws one of the
+    bundle's start contexts from it and seeds the dream's sampler from it: the
+    same seed and the same actions give the same trajectory. `reset()` without
+    a seed goes on drawing from that stream.
 
     ## Episode End
 
@@ -199,10 +200,9 @@ class DreamEnv(gym.Env):
         self._clock = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        # The batch's one env draws its start context and sampler seed from this env's np_random.
-        self._dream.rngs[0] = self.np_random
-        observation = self._dream.reset()
+        super().reset(seed=seed)  # np_random, for users who read it; the dream draws from its own stream
+        # The batch's one env is seeded with `seed` (None: its stream goes on), as sub-env i of a DreamVectorEnv.
+        observation = self._dream.reset(seeds=[seed])
         if self.render_mode == "human":
             self.render()
         return _row(_numpy(observation), 0), {}
@@ -325,19 +325,12 @@ class DreamVectorEnv(VectorEnv):
         self._autoreset = np.zeros(num_envs, np.bool_)  # sub-envs that ended last step
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
-        if seed is None:
-            seeds = [None] * self.num_envs
-        elif isinstance(seed, (int, np.integer)):
-            super().reset(seed=int(seed))  # the vector env's own np_random, for users who read it
-            seeds = [int(seed) + i for i in range(self.num_envs)]
+        if seed is None or isinstance(seed, (int, np.integer)):
+            if seed is not None:
+                super().reset(seed=int(seed))  # the vector env's own np_random, for users who read it
+            observation = self._dream.reset(None if seed is None else int(seed))  # sub-env i: seed + i
         else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"reset(seed=) got {len(seeds)} seeds for {self.num_envs} envs")
-        for i, s in enumerate(seeds):
-            if s is not None:  # the stream DreamEnv.reset(seed=s) would draw from
-                self._dream.rngs[i], _ = seeding.np_random(s)
-        observation = self._dream.reset()
+            observation = self._dream.reset(seeds=list(seed))  # one each; None: that sub-env's stream goes on
         self._autoreset[:] = False
         return _numpy(observation), {}
 

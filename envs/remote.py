@@ -84,9 +84,12 @@ class RemoteSession:
         self.frames: np.ndarray | None = None  # the last images [N, H, W, C] (pixels mode)
         self.closed = False
 
-    def reset(self, seed: int | None = None, env_indices: Sequence[int] = ()) -> np.ndarray | dict[str, np.ndarray]:
+    def reset(
+        self, seed: int | None = None, env_indices: Sequence[int] = (), seeds: Sequence[int] = (),
+    ) -> np.ndarray | dict[str, np.ndarray]:
         with _as_value_error("reset"):
-            return self._observations(self.client.reset(self.session_id, seed=seed, env_indices=env_indices))
+            reply = self.client.reset(self.session_id, seed=seed, env_indices=env_indices, seeds=seeds)
+        return self._observations(reply)
 
     def step(self, actions: np.ndarray, reset_mask: np.ndarray | None = None):
         with _as_value_error("step"):
@@ -263,8 +266,8 @@ class RemoteVectorEnv(VectorEnv):
 
     `reset(seed=s)` seeds env i with `s + i`, so env i dreams what
     `RemoteEnv`/`DreamEnv` reset with `s + i` dream; `reset(seed=[s0, s1, ...])`
-    gives one seed each (one round trip per env; `s_i` must be >= i, as the
-    server seeds the env it resets with seed + its index).
+    gives one seed each, in one round trip (`ResetRequest.seeds`); a None keeps
+    that env's stream going (a second round trip resets those envs).
 
     ## Version History
 
@@ -317,13 +320,12 @@ class RemoteVectorEnv(VectorEnv):
             seeds = list(seed)
             if len(seeds) != self.num_envs:
                 raise ValueError(f"reset(seed=) got {len(seeds)} seeds for {self.num_envs} envs")
+            # One round trip for the seeded envs, one more only when some keep their streams (the wire has no None).
             unseeded = [i for i, s in enumerate(seeds) if s is None]
+            seeded = [i for i, s in enumerate(seeds) if s is not None]
             observation = self._session.reset(env_indices=unseeded) if unseeded else None
-            for i, s in enumerate(seeds):
-                if s is not None:
-                    if s < i:
-                        raise ValueError(f"seed[{i}] = {s}: the service seeds env i with seed + i, so seed[i] must be >= i")
-                    observation = self._session.reset(seed=int(s) - i, env_indices=[i])
+            if seeded:
+                observation = self._session.reset(env_indices=seeded, seeds=[int(seeds[i]) for i in seeded])
         self._autoreset[:] = False
         self._needs_reset = False
         return observation, {}

@@ -102,8 +102,12 @@ class SimulatorClient:
         reply = self._call(self.stub.CreateSession, request)
         return SessionInfo(reply.session_id, _model(reply.model), reply.backend, reply.num_envs)
 
-    def reset(self, session_id: str, seed: int | None = None, env_indices: Iterable[int] = ()) -> dict[str, np.ndarray]:
-        request = pb.ResetRequest(session_id=session_id, env_indices=list(env_indices))
+    def reset(
+        self, session_id: str, seed: int | None = None, env_indices: Iterable[int] = (), seeds: Iterable[int] = (),
+    ) -> dict[str, np.ndarray]:
+        """Reset the session's envs (all, or `env_indices`); `seed` seeds env i with seed + i, `seeds` gives one
+        seed per env reset instead. Returns the observations of all envs."""
+        request = pb.ResetRequest(session_id=session_id, env_indices=list(env_indices), seeds=[int(s) for s in seeds])
         if seed is not None:
             request.seed = seed
         return wire.observation_from_proto(self._call(self.stub.Reset, request).observation)

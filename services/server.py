@@ -144,11 +144,12 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         session = await self._session(request.session_id, context)
         session.busy += 1
         try:
-            async with session.lock:
+            async with session.lock:  # DreamBatch.reset checks indices and seeds before it changes anything
                 observation = await asyncio.to_thread(
                     session.dreams.reset,
                     request.seed if request.HasField("seed") else None,
                     list(request.env_indices) or None,
+                    seeds=list(request.seeds) or None,
                 )
         except ValueError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))

@@ -288,7 +288,7 @@ def test_bad_arguments_get_clear_errors(bundle, tmp_path):
         envs.step(np.array([0, 1, 1]))
     with pytest.raises(ValueError, match=r"must be in \[0, 2\)"):
         envs.step(np.array([0, 3]))
-    with pytest.raises(ValueError, match="got 3 seeds for 2 envs"):
+    with pytest.raises(ValueError, match="3 seeds for 2 envs"):
         envs.reset(seed=[1, 2, 3])
 
 

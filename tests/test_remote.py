@@ -151,6 +151,21 @@ def test_remote_vector_env_autoresets_on_the_next_step(address, cartpole):
     envs.close()
 
 
+def test_a_list_of_seeds_resets_every_env_in_one_call(address, cartpole, monkeypatch):
+    """reset(seed=[...]) is one Reset round trip, and env i dreams what a dream of one seeded with seed[i] dreams."""
+    envs = RemoteVectorEnv(3, address, "cartpole")
+    client, calls = envs._session.client, []
+    reset = client.reset
+    monkeypatch.setattr(client, "reset", lambda *args, **kwargs: calls.append(kwargs) or reset(*args, **kwargs))
+    seeds = [11, 3, 7]  # not s + i: each env its own
+    observations, _ = envs.reset(seed=seeds)
+    assert len(calls) == 1
+    for i, seed in enumerate(seeds):
+        alone = DreamBatch(cartpole, 1).reset(seed=seed)
+        np.testing.assert_allclose(observations["vector"][i], alone["vector"][0].numpy(), atol=1e-5)
+    envs.close()
+
+
 def test_bad_arguments_and_actions_raise_value_error(address):
     with pytest.raises(ValueError, match="no model 'nope'"):
         RemoteEnv(address, "nope")

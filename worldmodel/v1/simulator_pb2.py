@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dworldmodel/v1/simulator.proto\x12\rworldmodel.v1\"J\n\x06Tensor\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\x14.worldmodel.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"<\n\tImageSpec\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\"\xae\x01\n\nActionSpec\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.worldmodel.v1.ActionSpec.Kind\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0b\n\x03low\x18\x03 \x03(\x02\x12\x0c\n\x04high\x18\x04 \x03(\x02\x12\t\n\x01n\x18\x05 \x01(\x03\"=\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_BOX\x10\x01\x12\x11\n\rKIND_DISCRETE\x10\x02\"\x97\x01\n\x07\x45nvSpec\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.worldmodel.v1.ImageSpec\x12\x14\n\x0cvector_names\x18\x02 \x03(\t\x12)\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x19.worldmodel.v1.ActionSpec\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12\x12\n\nframe_skip\x18\x05 \x01(\x05\"f\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.worldmodel.v1.EnvSpec\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x13\n\x0blatent_size\x18\x04 \x01(\x05\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.worldmodel.v1.ModelInfo\"\x99\x02\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08num_envs\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x19\n\x11max_episode_steps\x18\x06 \x01(\x05\x12\x38\n\x10observation_mode\x18\x07 \x01(\x0e\x32\x1e.worldmodel.v1.ObservationMode\x12\x34\n\x0eimage_encoding\x18\x08 \x01(\x0e\x32\x1c.worldmodel.v1.ImageEncodingB\x07\n\x05_seedB\x0e\n\x0c_temperature\"w\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.worldmodel.v1.ModelInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08num_envs\x18\x04 \x01(\x05\"\x94\x01\n\x0bObservation\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x11\n\timage_png\x18\x02 \x03(\x0c\x12%\n\x06vector\x18\x03 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12%\n\x06latent\x18\x04 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\"S\n\x0cResetRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0b\x65nv_indices\x18\x03 \x03(\x05\x42\x07\n\x05_seed\"@\n\rResetResponse\x12/\n\x0bobservation\x18\x01 \x01(\x0b\x32\x1a.worldmodel.v1.Observation\"]\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x12\n\nreset_mask\x18\x03 \x03(\x08\"\xc9\x01\n\x0cStepResponse\x12/\n\x0bobservation\x18\x01 \x01(\x0b\x32\x1a.worldmodel.v1.Observation\x12%\n\x06reward\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12)\n\nterminated\x18\x03 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12(\n\ttruncated\x18\x04 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x0c\n\x04step\x18\x05 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse*c\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x0f\n\x0b\x44TYPE_INT64\x10\x02\x12\x11\n\rDTYPE_FLOAT32\x10\x03\x12\x0e\n\nDTYPE_BOOL\x10\x04*m\n\x0fObservationMode\x12 \n\x1cOBSERVATION_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OBSERVATION_MODE_PIXELS\x10\x01\x12\x1b\n\x17OBSERVATION_MODE_LATENT\x10\x02*_\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12IMAGE_ENCODING_RAW\x10\x01\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x02\x32\xe3\x03\n\tSimulator\x12Q\n\nListModels\x12 .worldmodel.v1.ListModelsRequest\x1a!.worldmodel.v1.ListModelsResponse\x12Z\n\rCreateSession\x12#.worldmodel.v1.CreateSessionRequest\x1a$.worldmodel.v1.CreateSessionResponse\x12\x42\n\x05Reset\x12\x1b.worldmodel.v1.ResetRequest\x1a\x1c.worldmodel.v1.ResetResponse\x12?\n\x04Step\x12\x1a.worldmodel.v1.StepRequest\x1a\x1b.worldmodel.v1.StepResponse\x12I\n\nStepStream\x12\x1a.worldmodel.v1.StepRequest\x1a\x1b.worldmodel.v1.StepResponse(\x01\x30\x01\x12W\n\x0c\x43loseSession\x12\".worldmodel.v1.CloseSessionRequest\x1a#.worldmodel.v1.CloseSessionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dworldmodel/v1/simulator.proto\x12\rworldmodel.v1\"J\n\x06Tensor\x12#\n\x05\x64type\x18\x01 \x01(\x0e\x32\x14.worldmodel.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"<\n\tImageSpec\x12\x0e\n\x06height\x18\x01 \x01(\x05\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x03 \x01(\x05\"\xae\x01\n\nActionSpec\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.worldmodel.v1.ActionSpec.Kind\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0b\n\x03low\x18\x03 \x03(\x02\x12\x0c\n\x04high\x18\x04 \x03(\x02\x12\t\n\x01n\x18\x05 \x01(\x03\"=\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08KIND_BOX\x10\x01\x12\x11\n\rKIND_DISCRETE\x10\x02\"\x97\x01\n\x07\x45nvSpec\x12\'\n\x05image\x18\x01 \x01(\x0b\x32\x18.worldmodel.v1.ImageSpec\x12\x14\n\x0cvector_names\x18\x02 \x03(\t\x12)\n\x06\x61\x63tion\x18\x03 \x01(\x0b\x32\x19.worldmodel.v1.ActionSpec\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12\x12\n\nframe_skip\x18\x05 \x01(\x05\"f\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.worldmodel.v1.EnvSpec\x12\x10\n\x08\x62\x61\x63kends\x18\x03 \x03(\t\x12\x13\n\x0blatent_size\x18\x04 \x01(\x05\"\x13\n\x11ListModelsRequest\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.worldmodel.v1.ModelInfo\"\x99\x02\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08num_envs\x18\x03 \x01(\x05\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x01\x88\x01\x01\x12\x19\n\x11max_episode_steps\x18\x06 \x01(\x05\x12\x38\n\x10observation_mode\x18\x07 \x01(\x0e\x32\x1e.worldmodel.v1.ObservationMode\x12\x34\n\x0eimage_encoding\x18\x08 \x01(\x0e\x32\x1c.worldmodel.v1.ImageEncodingB\x07\n\x05_seedB\x0e\n\x0c_temperature\"w\n\x15\x43reateSessionResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\'\n\x05model\x18\x02 \x01(\x0b\x32\x18.worldmodel.v1.ModelInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x10\n\x08num_envs\x18\x04 \x01(\x05\"\x94\x01\n\x0bObservation\x12$\n\x05image\x18\x01 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x11\n\timage_png\x18\x02 \x03(\x0c\x12%\n\x06vector\x18\x03 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12%\n\x06latent\x18\x04 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\"b\n\x0cResetRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\x04seed\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x0b\x65nv_indices\x18\x03 \x03(\x05\x12\r\n\x05seeds\x18\x04 \x03(\x03\x42\x07\n\x05_seed\"@\n\rResetResponse\x12/\n\x0bobservation\x18\x01 \x01(\x0b\x32\x1a.worldmodel.v1.Observation\"]\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12&\n\x07\x61\x63tions\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x12\n\nreset_mask\x18\x03 \x03(\x08\"\xc9\x01\n\x0cStepResponse\x12/\n\x0bobservation\x18\x01 \x01(\x0b\x32\x1a.worldmodel.v1.Observation\x12%\n\x06reward\x18\x02 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12)\n\nterminated\x18\x03 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12(\n\ttruncated\x18\x04 \x01(\x0b\x32\x15.worldmodel.v1.Tensor\x12\x0c\n\x04step\x18\x05 \x01(\x03\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x16\n\x14\x43loseSessionResponse*c\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x0f\n\x0b\x44TYPE_INT64\x10\x02\x12\x11\n\rDTYPE_FLOAT32\x10\x03\x12\x0e\n\nDTYPE_BOOL\x10\x04*m\n\x0fObservationMode\x12 \n\x1cOBSERVATION_MODE_UNSPECIFIED\x10\x00\x12\x1b\n\x17OBSERVATION_MODE_PIXELS\x10\x01\x12\x1b\n\x17OBSERVATION_MODE_LATENT\x10\x02*_\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12IMAGE_ENCODING_RAW\x10\x01\x12\x16\n\x12IMAGE_ENCODING_PNG\x10\x02\x32\xe3\x03\n\tSimulator\x12Q\n\nListModels\x12 .worldmodel.v1.ListModelsRequest\x1a!.worldmodel.v1.ListModelsResponse\x12Z\n\rCreateSession\x12#.worldmodel.v1.CreateSessionRequest\x1a$.worldmodel.v1.CreateSessionResponse\x12\x42\n\x05Reset\x12\x1b.worldmodel.v1.ResetRequest\x1a\x1c.worldmodel.v1.ResetResponse\x12?\n\x04Step\x12\x1a.worldmodel.v1.StepRequest\x1a\x1b.worldmodel.v1.StepResponse\x12I\n\nStepStream\x12\x1a.worldmodel.v1.StepRequest\x1a\x1b.worldmodel.v1.StepResponse(\x01\x30\x01\x12W\n\x0c\x43loseSession\x12\".worldmodel.v1.CloseSessionRequest\x1a#.worldmodel.v1.CloseSessionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'worldmodel.v1.simulator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1779
-  _globals['_DTYPE']._serialized_end=1878
-  _globals['_OBSERVATIONMODE']._serialized_start=1880
-  _globals['_OBSERVATIONMODE']._serialized_end=1989
-  _globals['_IMAGEENCODING']._serialized_start=1991
-  _globals['_IMAGEENCODING']._serialized_end=2086
+  _globals['_DTYPE']._serialized_start=1794
+  _globals['_DTYPE']._serialized_end=1893
+  _globals['_OBSERVATIONMODE']._serialized_start=1895
+  _globals['_OBSERVATIONMODE']._serialized_end=2004
+  _globals['_IMAGEENCODING']._serialized_start=2006
+  _globals['_IMAGEENCODING']._serialized_end=2101
   _globals['_TENSOR']._serialized_start=48
   _globals['_TENSOR']._serialized_end=122
   _globals['_IMAGESPEC']._serialized_start=124
@@ -60,17 +60,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVATION']._serialized_start=1112
   _globals['_OBSERVATION']._serialized_end=1260
   _globals['_RESETREQUEST']._serialized_start=1262
-  _globals['_RESETREQUEST']._serialized_end=1345
-  _globals['_RESETRESPONSE']._serialized_start=1347
-  _globals['_RESETRESPONSE']._serialized_end=1411
-  _globals['_STEPREQUEST']._serialized_start=1413
-  _globals['_STEPREQUEST']._serialized_end=1506
-  _globals['_STEPRESPONSE']._serialized_start=1509
-  _globals['_STEPRESPONSE']._serialized_end=1710
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1712
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1753
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1755
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1777
-  _globals['_SIMULATOR']._serialized_start=2089
-  _globals['_SIMULATOR']._serialized_end=2572
+  _globals['_RESETREQUEST']._serialized_end=1360
+  _globals['_RESETRESPONSE']._serialized_start=1362
+  _globals['_RESETRESPONSE']._serialized_end=1426
+  _globals['_STEPREQUEST']._serialized_start=1428
+  _globals['_STEPREQUEST']._serialized_end=1521
+  _globals['_STEPRESPONSE']._serialized_start=1524
+  _globals['_STEPRESPONSE']._serialized_end=1725
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1727
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1768
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1770
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1792
+  _globals['_SIMULATOR']._serialized_start=2104
+  _globals['_SIMULATOR']._serialized_end=2587
 # @@protoc_insertion_point(module_scope)

@@ -161,14 +161,16 @@ class Observation(_message.Message):
     def __init__(self, image: _Optional[_Union[Tensor, _Mapping]] = ..., image_png: _Optional[_Iterable[bytes]] = ..., vector: _Optional[_Union[Tensor, _Mapping]] = ..., latent: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ResetRequest(_message.Message):
-    __slots__ = ("session_id", "seed", "env_indices")
+    __slots__ = ("session_id", "seed", "env_indices", "seeds")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     ENV_INDICES_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seed: int
     env_indices: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., env_indices: _Optional[_Iterable[int]] = ...) -> None: ...
+    seeds: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., env_indices: _Optional[_Iterable[int]] = ..., seeds: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ResetResponse(_message.Message):
     __slots__ = ("observation",)
