@@ -8,44 +8,30 @@ acts), and EXTRAPOLATES that per-step time to population x rollouts x
 steps: printed as such.
 
 Reads: --bundle (default: builds a paper-size bundle from a small real
-CarRacing collection in a temp dir, about 2 minutes; training steps are few
-because speed depends on the sizes, not the weights). Writes: nothing else.
-Time: about 3-6 minutes on 2 CPUs with the defaults.
+CarRacing collection in --workdir, about 2 minutes; training steps are few
+because speed depends on the sizes, not the weights). Writes: only under
+--workdir (a temp dir by default, removed unless --keep). Time: about 3-6 minutes on 2 CPUs with the defaults.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import set_quiet_env  # while this folder is still on the import path
+if not __package__:  # `python benchmarks/agents.py`: import from the repo root, where benchmarks/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)  # (and this file's name never shadows agents/)
 
-# This file is named after the package it measures: keep its own folder off the import path.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from benchmarks.common import (  # noqa: E402
+    add_bundle_arguments, benchmark_parser, build_bundle, require_positive, scratch_workdir, set_quiet_env,
+)
 
 set_quiet_env()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-
-def build_bundle(workdir: str) -> str:
-    from envs.collect import collect
-    from worldmodel.bundle import write_vmc_bundle
-    from worldmodel.train.launcher import LaunchOptions
-    from worldmodel.train.mdnrnn import train_mdnrnn
-    from worldmodel.train.vae import train_vae
-
-    store = os.path.join(workdir, "store.zarr")
-    collect("CarRacing-v3", store, episodes=4, max_steps=100, workers=2, seed=0, show_progress=False)
-    vae = train_vae([store], LaunchOptions(out=os.path.join(workdir, "vae")), preset="paper", max_steps=2)
-    mdnrnn = train_mdnrnn([store], str(vae), LaunchOptions(out=os.path.join(workdir, "m")), preset="paper", max_steps=2)
-    return str(write_vmc_bundle(os.path.join(workdir, "bundle"), vae, mdnrnn, [store], contexts=16))
 
 
 def dream_generation(bundle: str, population: int, rollouts: int, steps: int) -> float:
@@ -89,19 +75,32 @@ def real_seconds_per_step(bundle: str, candidates: int, steps: int) -> float:
     return (time.perf_counter() - began) / total_steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", default=None)
-    parser.add_argument("--population", type=int, default=64)
-    parser.add_argument("--rollouts", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--real-candidates", type=int, default=2)
-    parser.add_argument("--real-steps", type=int, default=300)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = benchmark_parser(
+        __file__,
+        description="Seconds of one CMA-ES generation in the batched dream vs the same generation in the real "
+        "CarRacing env (extrapolated from a few candidates). Prints the figures, then one line of JSON.",
+        epilog="Reads: --bundle when given. Otherwise builds a paper-size bundle under --workdir first (about 2 "
+        "minutes). Writes: only under --workdir (a temp dir by default, removed unless --keep). Takes: about 3-6 "
+        "minutes on 2 CPUs with the defaults.",
+    )
+    add_bundle_arguments(parser)
+    parser.add_argument("--population", type=int, default=64, help="CMA-ES candidates of the generation")
+    parser.add_argument("--rollouts", type=int, default=16, help="dreams per candidate")
+    parser.add_argument("--steps", type=int, default=1000, help="steps of each dream")
+    parser.add_argument("--real-candidates", type=int, default=2, help="candidates run in the real env")
+    parser.add_argument("--real-steps", type=int, default=300, help="real steps per candidate at most")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    require_positive(parser, args, ("population", "rollouts", "steps", "real_candidates", "real_steps", "threads"))
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as workdir:
-        bundle = args.bundle or build_bundle(workdir)
+    with scratch_workdir(args, "wm-bench-agents-") as workdir:
+        bundle = args.bundle or str(build_bundle(args, workdir))
         dream_s = dream_generation(bundle, args.population, args.rollouts, args.steps)
         per_step = real_seconds_per_step(bundle, args.real_candidates, args.real_steps)
     real_s = per_step * args.population * args.rollouts * args.steps
@@ -113,7 +112,8 @@ def main() -> None:
     print(f"  speed-up dream vs real: {ratio:.0f}x   (target >= 100x: {'PASS' if ratio >= 100 else 'MISS'})")
     print(json.dumps({"dream_generation_s": dream_s, "real_ms_per_step": per_step * 1000,
                       "real_generation_s_extrapolated": real_s, "ratio": ratio}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,7 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
+
+if not __package__:  # `python benchmarks/diffusion.py`: import from the repo root, where benchmarks/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import benchmark_parser  # noqa: E402
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -25,13 +32,12 @@ import torch  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/diffusion.py",
+    parser = benchmark_parser(
+        __file__,
         description="Frames/s of the diffusion backbone's sampling (1 and 3 Euler steps) at batch 1 and 64 vs a V-M-C "
         "pixel step, default sizes, untrained weights. Prints a table of ratios, then one line of JSON.",
         epilog="Reads: nothing. Writes: nothing. Takes: about 2-4 minutes on 1 CPU thread (the 3-step batch-64 "
         "measurement dominates); seconds on a GPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 3], help="Euler steps per frame")

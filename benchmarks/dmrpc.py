@@ -30,21 +30,24 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    HelpFormatter, ServeProcess, add_bundle_arguments, build_bundle, scratch_workdir, set_quiet_env,
+if not __package__:  # `python benchmarks/dmrpc.py`: import from the repo root, where benchmarks/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import (  # noqa: E402
+    MODEL_NAME, ServeProcess, Window, add_bundle_arguments, benchmark_parser, best_of_rounds, build_bundle,
+    random_actions, scratch_workdir, set_quiet_env,
 )
 
 set_quiet_env()
 
 import numpy as np  # noqa: E402
 
-from service import MODEL_NAME, agents_load, random_actions, summarize  # noqa: E402  (the sibling benchmark)
+from benchmarks.service import agents_load  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/dmrpc.py",
+    parser = benchmark_parser(
+        __file__,
         description=(
             "Steps/s and latency through dm_env_rpc v1 vs the native StepStream of the same `worldmodel serve`: "
             "1 and --agents concurrent asyncio agents (one env each), and one blocking agent through dm-env-rpc's "
@@ -58,7 +61,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             "listens on 127.0.0.1 only. Takes: about --repeats x 6 x (--warmup + --seconds) s after the bundle "
             "(about 2.5 minutes with the defaults)."
         ),
-        formatter_class=HelpFormatter,
     )
     add_bundle_arguments(parser)
     parser.add_argument("--agents", type=int, default=16, help="concurrent agents of the second figure")
@@ -66,7 +68,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measurement")
     parser.add_argument("--repeats", type=int, default=2, help="alternated rounds; the best of each counts")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch intra-op threads in the server")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.agents < 1 or args.repeats < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("--agents and --repeats must be >= 1, --seconds > 0, --warmup >= 0")
@@ -89,13 +90,11 @@ async def dm_agents_load(address: str, spec, agents: int, args) -> dict:
     channels = [grpc.aio.insecure_channel(address) for _ in range(agents)]
     connections = [async_connection.AsyncConnection(c) for c in channels]
     loop = asyncio.get_running_loop()
-    begin = loop.time() + args.warmup
-    end = begin + args.seconds
-    latencies: list[float] = []
-    steps = starts = 0
+    window = Window(loop.time() + args.warmup, loop.time() + args.warmup + args.seconds)
+    starts = 0
 
     async def agent(i: int, conn) -> None:
-        nonlocal steps, starts
+        nonlocal starts
         rng = np.random.default_rng(args.seed + 1000 + i)
         settings = {"model": tensor_utils.pack_tensor(MODEL_NAME), "seed": tensor_utils.pack_tensor(args.seed + i)}
         world = (await conn.send(dm.CreateWorldRequest(settings=settings))).world_name
@@ -109,12 +108,10 @@ async def dm_agents_load(address: str, spec, agents: int, args) -> dict:
             for tensor in reply.observations.values():  # what an agent reads
                 tensor_utils.unpack_tensor(tensor)
             done = loop.time()
-            if sent >= begin and done <= end:
-                latencies.append(done - sent)
-                steps += 1
+            if window.count(sent, done):
                 starts += state != dm.RUNNING  # this call started a sequence: a reset, no dream step
             state = reply.state
-            if done >= end:
+            if done >= window.end:
                 break
         await conn.send(dm.LeaveWorldRequest())
         await conn.send(dm.DestroyWorldRequest(world_name=world))
@@ -125,7 +122,7 @@ async def dm_agents_load(address: str, spec, agents: int, args) -> dict:
         for conn in connections:
             conn.close()
         await asyncio.gather(*(c.close() for c in channels))
-    return {**summarize(latencies, steps, args.seconds), "starts": starts / max(steps, 1)}
+    return {**window.summary(), "starts": starts / max(window.steps, 1)}
 
 
 def adaptor_load(address: str, spec, args) -> dict:
@@ -135,26 +132,23 @@ def adaptor_load(address: str, spec, args) -> dict:
     from dm_env_rpc.v1 import dm_env_rpc_pb2 as dm
 
     rng = np.random.default_rng(args.seed)
-    latencies, steps, starts = [], 0, 0
+    starts = 0
     with grpc.insecure_channel(address) as channel, connection.Connection(channel) as conn:
         env, world = dm_env_adaptor.create_and_join_world(
             conn, create_world_settings={"model": MODEL_NAME, "seed": args.seed}, join_world_settings={})
         env.reset()
-        begin = time.perf_counter() + args.warmup
-        end = begin + args.seconds
+        window = Window(time.perf_counter() + args.warmup, time.perf_counter() + args.warmup + args.seconds)
         while True:
             sent = time.perf_counter()
             timestep = env.step({"action": _dm_action(spec, rng)})  # after LAST the server starts the next sequence
             done = time.perf_counter()
-            if sent >= begin and done <= end:
-                latencies.append(done - sent)
-                steps += 1
+            if window.count(sent, done):
                 starts += timestep.first()
-            if done >= end:
+            if done >= window.end:
                 break
         env.close()
         conn.send(dm.DestroyWorldRequest(world_name=world))
-    return {**summarize(latencies, steps, args.seconds), "starts": starts / max(steps, 1)}
+    return {**window.summary(), "starts": starts / max(window.steps, 1)}
 
 
 def native_client_load(address: str, spec, args) -> dict:
@@ -162,7 +156,6 @@ def native_client_load(address: str, spec, args) -> dict:
     from services.client import SimulatorClient
 
     rng = np.random.default_rng(args.seed)
-    latencies, steps = [], 0
     actions: queue.Queue = queue.Queue()
     with SimulatorClient(address, timeout=120) as client:
         sid = client.create_session(MODEL_NAME, num_envs=1, seed=args.seed).session_id
@@ -172,23 +165,20 @@ def native_client_load(address: str, spec, args) -> dict:
                 yield action
 
         replies = client.step_stream(sid, fed())
-        begin = time.perf_counter() + args.warmup
-        end = begin + args.seconds
+        window = Window(time.perf_counter() + args.warmup, time.perf_counter() + args.warmup + args.seconds)
         while True:
             sent = time.perf_counter()
             actions.put(random_actions(spec, 1, rng))
             next(replies)
             done = time.perf_counter()
-            if sent >= begin and done <= end:
-                latencies.append(done - sent)
-                steps += 1
-            if done >= end:
+            window.count(sent, done)
+            if done >= window.end:
                 break
         actions.put(None)
         for _ in replies:
             pass
         client.close_session(sid)
-    return summarize(latencies, steps, args.seconds)
+    return window.summary()
 
 
 def without_endings(bundle: Path, workdir: Path) -> Path:
@@ -214,7 +204,6 @@ def main(argv=None) -> int:
         from worldmodel.bundle import read_bundle_config
 
         spec = read_bundle_config(bundle)["spec"]
-        runs: dict[str, list[dict]] = {}
         with ServeProcess({MODEL_NAME: bundle}, "--max-sessions", str(2 * args.agents + 8),
                           log=workdir / "serve.log", threads=args.torch_threads or None) as server:
             plan = [
@@ -229,13 +218,7 @@ def main(argv=None) -> int:
                  lambda: native_client_load(server.address, spec, args)),
                 ("adaptor", "dm_env adaptor, 1 blocking agent", lambda: adaptor_load(server.address, spec, args)),
             ]
-            for r in range(args.repeats):
-                for name, what, run in plan:
-                    result = run()
-                    runs.setdefault(name, []).append(result)
-                    print(f"  round {r + 1}/{args.repeats}: {what}: {result['steps_per_s']:,.0f} steps/s, "
-                          f"p50 {result['p50_ms']:.2f} ms", flush=True)
-        best = {name: max(results, key=lambda x: x["steps_per_s"]) for name, results in runs.items()}
+            best = best_of_rounds(plan, args.repeats)
         rows = [
             ("1 agent, asyncio", "native_1", "dm_1"),
             (f"{args.agents} agents, asyncio", "native_n", "dm_n"),

@@ -30,9 +30,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
-from common import scratch_workdir, set_quiet_env
+if not __package__:  # `python benchmarks/dream.py`: import from the repo root, where benchmarks/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import (  # noqa: E402
+    add_bundle_arguments, benchmark_parser, build_bundle, require_positive, scratch_workdir, set_quiet_env,
+)
 
 set_quiet_env()
 
@@ -42,8 +49,8 @@ TARGET_LATENT_RATIO = 1000.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/dream.py",
+    parser = benchmark_parser(
+        __file__,
         description=(
             "Steps/s of DreamVectorEnv (VMC; latent and pixel observations; 256 envs) and of DreamEnv vs the real "
             "CarRacing-v3 source env, measured in one run. Prints a table with targets and PASS/MISS, then one "
@@ -55,61 +62,26 @@ def parse_args(argv=None) -> argparse.Namespace:
             "Takes: about 4 minutes on 2 idle CPUs when it builds the bundle (collection ~10 s, Ray ~10 s, training "
             "paper-size V and M for a few steps ~2-3 min), then about a minute of measuring; with --bundle, about a minute."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--bundle", default=None, help="a CarRacing VMC bundle to dream with (default: build one)")
-    parser.add_argument("--workdir", default=None, help="where the bundle is built (default: a new temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep what was written under --workdir")
+    add_bundle_arguments(parser, train_steps=10)
     parser.add_argument("--envs", type=int, default=256, help="sub-envs of the DreamVectorEnv")
     parser.add_argument("--rounds", type=int, default=3, help="alternated measuring rounds; the best of each counts")
     parser.add_argument("--real-steps", type=int, default=300, help="real CarRacing steps per round")
     parser.add_argument("--latent-steps", type=int, default=100, help="batched latent dream steps per round")
     parser.add_argument("--pixel-steps", type=int, default=5, help="batched pixel dream steps per round")
     parser.add_argument("--single-steps", type=int, default=300, help="DreamEnv steps per round")
-    parser.add_argument("--vae-steps", type=int, default=10, help="training steps of the bundle's V (paper size)")
-    parser.add_argument("--mdnrnn-steps", type=int, default=10, help="training steps of the bundle's M (paper size)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (0: torch's default). 1 by default: one core each, as the real "
                         "env is one single-threaded process; and on a busy machine the small ops of a dream step "
                         "wait on every thread of a larger pool (2 threads measured up to 8x slower under load)")
     parser.add_argument("--long-episode-bias", type=float, default=-6.9,
                         help="termination logit bias of figure 4 (log(1/999): about 1,000 steps per episode)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads < 0:
         parser.error("--threads must be >= 0")
-    for name in ("envs", "rounds", "real_steps", "latent_steps", "pixel_steps", "single_steps", "vae_steps", "mdnrnn_steps"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    require_positive(parser, args, ("envs", "rounds", "real_steps", "latent_steps", "pixel_steps", "single_steps",
+                                    "train_steps"))
     return args
-
-
-def build_bundle(workdir: str, args) -> str:
-    """Real CarRacing episodes -> paper-size V and M trained for a few steps on Ray -> a bundle."""
-    import ray
-
-    from envs.collect import collect
-    from worldmodel.bundle import write_vmc_bundle
-    from worldmodel.raycluster import init_ray
-    from worldmodel.train.launcher import LaunchOptions
-    from worldmodel.train.mdnrnn import train_mdnrnn
-    from worldmodel.train.vae import train_vae
-
-    store = os.path.join(workdir, "carracing.zarr")
-    print("building a bundle: collecting 2 x 150 steps of CarRacing-v3 ...", flush=True)
-    collect("CarRacing-v3", store, episodes=2, max_steps=150, workers=0, seed=args.seed, show_progress=False)
-    started = init_ray()
-    try:
-        print(f"  training V (paper size) for {args.vae_steps} steps ...", flush=True)
-        vae = train_vae([store], LaunchOptions(out=os.path.join(workdir, "vae")), preset="paper",
-                        max_steps=args.vae_steps, seed=args.seed)
-        print(f"  training M (paper size) for {args.mdnrnn_steps} steps ...", flush=True)
-        mdnrnn = train_mdnrnn([store], str(vae), LaunchOptions(out=os.path.join(workdir, "mdnrnn")), preset="paper",
-                              max_steps=args.mdnrnn_steps, seed=args.seed)
-    finally:
-        if started:
-            ray.shutdown()
-    return str(write_vmc_bundle(os.path.join(workdir, "bundle"), vae, mdnrnn, [store], contexts=64, seed=args.seed))
 
 
 def time_real(env, policy, steps: int) -> float:
@@ -161,7 +133,7 @@ def main(argv=None) -> int:
     figures: dict = {"torch_threads": torch.get_num_threads()}
     with scratch_workdir(args, "bench-dream-") as workdir:
         start = time.perf_counter()
-        bundle = args.bundle or build_bundle(str(workdir), args)
+        bundle = args.bundle or build_bundle(args, workdir, contexts=64)
         figures["bundle_build_s"] = 0.0 if args.bundle else time.perf_counter() - start
         model = worldmodel.load_bundle(bundle)
         if not model.spec.env_id.startswith("CarRacing") or model.spec.action.is_discrete:

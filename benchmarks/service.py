@@ -38,7 +38,13 @@ import sys
 import time
 from pathlib import Path
 
-from common import HelpFormatter, ServeProcess, add_bundle_arguments, build_bundle, scratch_workdir, set_quiet_env
+if not __package__:  # `python benchmarks/service.py`: import from the repo root, where benchmarks/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import (  # noqa: E402
+    MODEL_NAME, ServeProcess, Window, add_bundle_arguments, benchmark_parser, best_of_rounds, build_bundle,
+    random_actions, rounded, scratch_workdir, set_quiet_env,
+)
 
 set_quiet_env()
 
@@ -46,12 +52,11 @@ import numpy as np  # noqa: E402
 
 TARGET_VS_IN_PROCESS = 0.8
 TARGET_BATCHING = 10.0
-MODEL_NAME = "bench"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/service.py",
+    parser = benchmark_parser(
+        __file__,
         description=(
             "Measure the gRPC simulation service side by side in one run: 64 concurrent agents (1-env "
             "sessions) through a `worldmodel serve` subprocess vs the same model stepped in-process at "
@@ -67,7 +72,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             "to build the bundle, then --repeats x 6 x (--warmup + --seconds) s per observation mode plus ~10 s "
             "of server starts (about 5.5 minutes with the defaults, both modes)."
         ),
-        formatter_class=HelpFormatter,
     )
     add_bundle_arguments(parser)
     parser.add_argument("--agents", type=int, default=64, help="concurrent agents, a 1-env session each")
@@ -80,41 +84,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads, in this process and in the servers alike (with agents and a "
                              "server sharing 2 CPUs, more threads only contend; 0: torch's default)")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    from services.wire import OBSERVATION_MODE_CODES as modes
+
     args.observations = [m.strip() for m in args.observations.split(",") if m.strip()]
-    if not args.observations or any(m not in ("pixels", "latent") for m in args.observations):
-        parser.error("--observations takes pixels and/or latent")
+    if not args.observations or any(m not in modes for m in args.observations):
+        parser.error(f"--observations takes {' and/or '.join(modes)}")
     if args.agents < 1 or args.repeats < 1 or args.seconds <= 0 or args.warmup < 0 or args.big_session < 0:
         parser.error("--agents and --repeats must be >= 1, --seconds > 0, --warmup and --big-session >= 0")
     return args
 
 
 # -- load -----------------------------------------------------------------------
-def random_actions(spec, count: int, rng: np.random.Generator) -> np.ndarray:
-    if spec.action.is_discrete:
-        return rng.integers(0, spec.action.n, size=count)
-    low, high = np.asarray(spec.action.low, np.float32), np.asarray(spec.action.high, np.float32)
-    return rng.uniform(low, high, size=(count, *spec.action.shape)).astype(np.float32)
-
-
 def cpu_seconds(pid: int | None = None) -> float:
     """CPU time (user + system, all threads) of this process, or of process `pid` (Linux /proc)."""
     if pid is None:
         return time.process_time()
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
-
-
-def summarize(latencies: list[float], steps: int, seconds: float, cpu: dict[str, float] | None = None) -> dict:
-    ordered = np.sort(np.asarray(latencies)) if latencies else np.zeros(1)
-    return {
-        "steps_per_s": steps / seconds,
-        "calls": len(latencies),
-        "p50_ms": 1000 * float(np.percentile(ordered, 50)),
-        "p99_ms": 1000 * float(np.percentile(ordered, 99)),
-        **{f"cpu_{name}": used / seconds for name, used in (cpu or {}).items()},  # CPUs busy on average
-    }
 
 
 async def agents_load(address: str, spec, agents: int, num_envs: int, observation: str, args,
@@ -130,20 +117,16 @@ async def agents_load(address: str, spec, agents: int, num_envs: int, observatio
     options = [("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]
     channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(agents)]
     stubs = [pb_grpc.SimulatorStub(c) for c in channels]
-    mode = pb.OBSERVATION_MODE_LATENT if observation == "latent" else pb.OBSERVATION_MODE_PIXELS
+    mode = wire.OBSERVATION_MODE_CODES[observation]
     created = await asyncio.gather(*(
         stub.CreateSession(pb.CreateSessionRequest(model=MODEL_NAME, num_envs=num_envs, seed=args.seed + i,
                                                    observation_mode=mode), timeout=60)
         for i, stub in enumerate(stubs)
     ))
     loop = asyncio.get_running_loop()
-    begin = loop.time() + args.warmup
-    end = begin + args.seconds
-    latencies: list[float] = []
-    steps = 0
+    window = Window(loop.time() + args.warmup, loop.time() + args.warmup + args.seconds)
 
     async def agent(i: int, stub, session_id: str) -> None:
-        nonlocal steps
         rng = np.random.default_rng(args.seed + 1000 + i)
         await stub.Reset(pb.ResetRequest(session_id=session_id), timeout=60)
         call = stub.StepStream() if stream else None
@@ -158,10 +141,8 @@ async def agents_load(address: str, spec, agents: int, num_envs: int, observatio
             wire.observation_from_proto(reply.observation)  # what an agent reads
             wire.from_tensor(reply.reward)
             done = loop.time()
-            if sent >= begin and done <= end:
-                latencies.append(done - sent)
-                steps += num_envs
-            if done >= end:
+            window.count(sent, done, num_envs)
+            if done >= window.end:
                 break
         if call is not None:
             await call.done_writing()
@@ -170,9 +151,9 @@ async def agents_load(address: str, spec, agents: int, num_envs: int, observatio
     cpu: dict[str, float] = {}
 
     async def meter() -> None:  # CPU used over the measured window, by the agents and by the server
-        await asyncio.sleep(max(0.0, begin - loop.time()))
+        await asyncio.sleep(max(0.0, window.begin - loop.time()))
         start = {"agents": cpu_seconds(), "server": cpu_seconds(server_pid) if server_pid else 0.0}
-        await asyncio.sleep(max(0.0, end - loop.time()))
+        await asyncio.sleep(max(0.0, window.end - loop.time()))
         cpu["agents"] = cpu_seconds() - start["agents"]
         if server_pid:
             cpu["server"] = cpu_seconds(server_pid) - start["server"]
@@ -183,7 +164,7 @@ async def agents_load(address: str, spec, agents: int, num_envs: int, observatio
                                for stub, c in zip(stubs, created)))
     finally:
         await asyncio.gather(*(c.close() for c in channels))
-    return summarize(latencies, steps, args.seconds, cpu)
+    return window.summary(cpu)
 
 
 def in_process_load(model, num_envs: int, observation: str, args) -> dict:
@@ -195,26 +176,21 @@ def in_process_load(model, num_envs: int, observation: str, args) -> dict:
     dreams = DreamBatch(model, num_envs, observation=observation, seed=args.seed)
     dreams.reset()
     rng = np.random.default_rng(args.seed)
-    latencies: list[float] = []
-    steps = 0
-    begin = time.perf_counter() + args.warmup
-    end = begin + args.seconds
+    window = Window(time.perf_counter() + args.warmup, time.perf_counter() + args.warmup + args.seconds)
     cpu_start = None
     with torch.inference_mode():
         while True:
-            if cpu_start is None and time.perf_counter() >= begin:
+            if cpu_start is None and time.perf_counter() >= window.begin:
                 cpu_start = cpu_seconds()
             sent = time.perf_counter()
             result = dreams.step(random_actions(model.spec, num_envs, rng))
             {key: value.cpu().numpy() for key, value in result.observation.items()}  # the same hand-over to numpy
             done = time.perf_counter()
-            if sent >= begin and done <= end:
-                latencies.append(done - sent)
-                steps += num_envs
-            if done >= end:
+            window.count(sent, done, num_envs)
+            if done >= window.end:
                 break
     used = cpu_seconds() - cpu_start if cpu_start is not None else float("nan")  # nan: one call spanned the window
-    return summarize(latencies, steps, args.seconds, {"process": used})
+    return window.summary({"process": used})
 
 
 # -- report -------------------------------------------------------------------
@@ -268,6 +244,38 @@ def print_table(args, figures: dict, wall: float) -> None:
           f"servers: `worldmodel serve` subprocesses; load average {figures['load_avg']:.1f} before measuring")
 
 
+def measure_mode(args, model, bundle: Path, workdir: Path, mode: str, serve_flags: list[str]) -> dict:
+    """Every figure of one observation mode: a batching server and one with --no-batching, loads alternated."""
+    threads = args.torch_threads or None
+    on_flags = [*serve_flags, "--batch-window-ms", str(args.batch_window_ms)]
+    with ServeProcess({MODEL_NAME: bundle}, *on_flags, log=workdir / f"serve-{mode}-batched.log", threads=threads) as on, \
+            ServeProcess({MODEL_NAME: bundle}, *serve_flags, "--no-batching",
+                         log=workdir / f"serve-{mode}-unbatched.log", threads=threads) as off:
+        plan = [
+            ("local", f"in-process DreamBatch of {args.agents}", lambda: in_process_load(model, args.agents, mode, args)),
+            ("batched", f"gRPC, {args.agents} agents, batching on",
+             lambda: asyncio.run(agents_load(on.address, model.spec, args.agents, 1, mode, args, on.pid))),
+            ("streamed", f"gRPC StepStream, {args.agents} agents, batching on",
+             lambda: asyncio.run(agents_load(on.address, model.spec, args.agents, 1, mode, args, on.pid, stream=True))),
+            ("unbatched", f"gRPC, {args.agents} agents, batching off",
+             lambda: asyncio.run(agents_load(off.address, model.spec, args.agents, 1, mode, args, off.pid))),
+        ]
+        if args.big_session:
+            plan += [
+                ("local_big", f"in-process DreamBatch of {args.big_session}",
+                 lambda: in_process_load(model, args.big_session, mode, args)),
+                ("big", f"gRPC, 1 session of {args.big_session} envs",
+                 lambda: asyncio.run(agents_load(on.address, model.spec, 1, args.big_session, mode, args, on.pid))),
+            ]
+        f = best_of_rounds(plan, args.repeats, tag=f"[{mode}] ")
+    f["vs_in_process"] = f["batched"]["steps_per_s"] / max(f["local"]["steps_per_s"], 1e-9)
+    f["stream_vs_in_process"] = f["streamed"]["steps_per_s"] / max(f["local"]["steps_per_s"], 1e-9)
+    f["batching_gain"] = f["batched"]["steps_per_s"] / max(f["unbatched"]["steps_per_s"], 1e-9)
+    if args.big_session:
+        f["big_vs_in_process"] = f["big"]["steps_per_s"] / max(f["local_big"]["steps_per_s"], 1e-9)
+    return f
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     wall_start = time.perf_counter()
@@ -289,55 +297,10 @@ def main(argv=None) -> int:
         serve_flags = ["--max-sessions", str(args.agents + 16), "--max-envs", str(max(args.big_session, 1)),
                        "--max-message-mb", "256"]
         for mode in args.observations:
-            f = figures[mode] = {}
-            runs: dict[str, list[dict]] = {}
-            on_flags = [*serve_flags, "--batch-window-ms", str(args.batch_window_ms)]
-            threads = args.torch_threads or None
-            with ServeProcess({MODEL_NAME: bundle}, *on_flags, log=workdir / f"serve-{mode}-batched.log",
-                              threads=threads) as on, \
-                    ServeProcess({MODEL_NAME: bundle}, *serve_flags, "--no-batching",
-                                 log=workdir / f"serve-{mode}-unbatched.log", threads=threads) as off:
-                # Alternated, best of --repeats: other load on the machine only ever slows a run down.
-                for r in range(args.repeats):
-                    plan = [
-                        ("local", f"in-process DreamBatch of {args.agents}",
-                         lambda: in_process_load(model, args.agents, mode, args)),
-                        ("batched", f"gRPC, {args.agents} agents, batching on",
-                         lambda: asyncio.run(agents_load(on.address, model.spec, args.agents, 1, mode, args, on.pid))),
-                        ("streamed", f"gRPC StepStream, {args.agents} agents, batching on",
-                         lambda: asyncio.run(agents_load(on.address, model.spec, args.agents, 1, mode, args, on.pid,
-                                                         stream=True))),
-                        ("unbatched", f"gRPC, {args.agents} agents, batching off",
-                         lambda: asyncio.run(agents_load(off.address, model.spec, args.agents, 1, mode, args, off.pid))),
-                    ]
-                    if args.big_session:
-                        plan += [
-                            ("local_big", f"in-process DreamBatch of {args.big_session}",
-                             lambda: in_process_load(model, args.big_session, mode, args)),
-                            ("big", f"gRPC, 1 session of {args.big_session} envs",
-                             lambda: asyncio.run(agents_load(on.address, model.spec, 1, args.big_session, mode, args, on.pid))),
-                        ]
-                    for name, what, run in plan:
-                        result = run()
-                        runs.setdefault(name, []).append(result)
-                        print(f"  [{mode}] round {r + 1}/{args.repeats}: {what}: {result['steps_per_s']:,.0f} steps/s, "
-                              f"p50 {result['p50_ms']:.1f} ms", flush=True)
-            for name, results in runs.items():
-                f[name] = max(results, key=lambda result: result["steps_per_s"])
-            f["vs_in_process"] = f["batched"]["steps_per_s"] / max(f["local"]["steps_per_s"], 1e-9)
-            f["stream_vs_in_process"] = f["streamed"]["steps_per_s"] / max(f["local"]["steps_per_s"], 1e-9)
-            f["batching_gain"] = f["batched"]["steps_per_s"] / max(f["unbatched"]["steps_per_s"], 1e-9)
-            if args.big_session:
-                f["big_vs_in_process"] = f["big"]["steps_per_s"] / max(f["local_big"]["steps_per_s"], 1e-9)
+            figures[mode] = measure_mode(args, model, bundle, workdir, mode, serve_flags)
         wall = time.perf_counter() - wall_start
         figures["wall_s"] = wall
         print_table(args, figures, wall)
-
-        def rounded(value):
-            if isinstance(value, dict):
-                return {k: rounded(v) for k, v in value.items()}
-            return round(value, 4) if isinstance(value, float) else value
-
         print(json.dumps({"benchmark": "service", **rounded(figures)}))
     return 0
 

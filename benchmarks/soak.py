@@ -20,21 +20,22 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    HelpFormatter, ServeProcess, add_bundle_arguments, build_bundle, scratch_workdir, set_quiet_env,
+if not __package__:  # `python benchmarks/soak.py`: import from the repo root, where benchmarks/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import (  # noqa: E402
+    MODEL_NAME, ServeProcess, add_bundle_arguments, benchmark_parser, build_bundle, random_actions, scratch_workdir,
+    set_quiet_env,
 )
 
 set_quiet_env()
 
 import numpy as np  # noqa: E402
 
-from service import MODEL_NAME, random_actions  # noqa: E402  (the sibling benchmark)
-
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/soak.py",
+    parser = benchmark_parser(
+        __file__,
         description=(
             "Step --sessions sessions round-robin for --minutes against a `worldmodel serve` subprocess and "
             "sample the server's RSS every --sample-seconds; print start/peak/end RSS and the steps done."
@@ -45,7 +46,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             "under --workdir (a temp dir by default, removed unless --keep): the bundle and serve.log. Takes: "
             "--minutes plus about 10 s (plus the bundle build). The server listens on 127.0.0.1 only."
         ),
-        formatter_class=HelpFormatter,
     )
     add_bundle_arguments(parser)
     parser.add_argument("--minutes", type=float, default=10.0, help="how long to step")
@@ -54,7 +54,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=40.0, help="Step calls per second, all threads together, at most")
     parser.add_argument("--churn", type=int, default=10, help="sessions closed and created afresh every minute")
     parser.add_argument("--sample-seconds", type=float, default=10.0, help="RSS sampling period")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.sessions < 1 or args.threads < 1 or args.rate <= 0 or args.sample_seconds <= 0:
         parser.error("--minutes, --sessions, --threads, --rate and --sample-seconds must be positive")

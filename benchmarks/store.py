@@ -25,10 +25,15 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
+from pathlib import Path
 
-from common import HelpFormatter, remove_outputs, set_quiet_env
+if not __package__:  # `python benchmarks/store.py`: import from the repo root, where benchmarks/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import (  # noqa: E402
+    add_workdir_arguments, benchmark_parser, owned_outputs, require_positive, rounded, set_quiet_env,
+)
 
 set_quiet_env()
 
@@ -42,8 +47,8 @@ TARGET_COMPRESSION = 6.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/store.py",
+    parser = benchmark_parser(
+        __file__,
         description=(
             "Measure the episode store side by side in one run: (1) collection steps/s with 2 Ray workers "
             "vs 1 on the same episodes; (2) windows/s sampled by WindowSampler from a store of real episodes "
@@ -58,11 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             "to 20,000 frames ~60 s, sampling ~15 s); with --store S --ratio-episodes 0 (reuse a store, skip "
             "collection) about 15 s. Other load on the machine slows the collections most."
         ),
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--env", default="CarRacing-v3", help="source env id to collect")
-    parser.add_argument("--workdir", default=None, help="where stores are written (default: a new temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep what was written under --workdir")
+    add_workdir_arguments(parser, "the stores written")
     parser.add_argument("--store", default=None, help="reuse this existing store for sampling and compression")
     parser.add_argument("--frames", type=int, default=20_000, help="frames the sampled store must hold at least")
     parser.add_argument("--episode-steps", type=int, default=1000, help="max steps of each episode collected")
@@ -81,11 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ratio_episodes < 0 or args.workers < 2:
         parser.error("--ratio-episodes must be >= 0 and --workers >= 2")
-    positive = ("frames", "episode_steps", "ratio_repeats", "window", "batch",
-                "cold_batches", "warm_batches", "repeats")
-    for name in positive:
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    require_positive(parser, args, ("frames", "episode_steps", "ratio_repeats", "window", "batch", "cold_batches",
+                                    "warm_batches", "repeats"))
     return args
 
 
@@ -227,7 +227,7 @@ def chunks_in(sampler: WindowSampler) -> int:
         store = sampler.stores[store_index]
         rows = max(ref.stop for s, ref in sampler.episodes if (s, ref.part) == (store_index, part))
         for key in sampler.keys:
-            total += math.ceil(rows / store.part(part)[f"data/{key}"].chunks[0])
+            total += math.ceil(rows / store.data_array(part, key).chunks[0])
     return total
 
 
@@ -343,16 +343,9 @@ def print_table(args, f: dict, store: EpisodeStore, wall: float) -> None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     wall_start = time.perf_counter()
-    created_workdir = args.workdir is None or not os.path.exists(args.workdir)
-    workdir = tempfile.mkdtemp(prefix="wm-bench-store-") if args.workdir is None else args.workdir
-    os.makedirs(workdir, exist_ok=True)
-    ours = [os.path.join(workdir, name) for name in ("warmup.zarr", "ratio-1w.zarr", "store.zarr",
-                                                     f"ratio-{args.workers}w.zarr")]
-    clash = [p for p in ours if os.path.exists(p)]
-    if clash:
-        raise SystemExit(f"{clash[0]} exists: choose another --workdir, or pass --store to reuse a store")
-    figures: dict = {"env": args.env}
-    try:
+    ours = ["warmup.zarr", "ratio-1w.zarr", "store.zarr", f"ratio-{args.workers}w.zarr"]
+    with owned_outputs(args, "wm-bench-store-", ours, "or pass --store to reuse a store") as workdir:
+        figures: dict = {"env": args.env}
         print(f"store benchmark: workdir {workdir}", flush=True)
         store_path = args.store if args.store else os.path.join(workdir, "store.zarr")
         if args.ratio_episodes:
@@ -379,11 +372,7 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - wall_start
         figures["wall_s"] = wall
         print_table(args, figures, store, wall)
-        print(json.dumps({"benchmark": "store", **{k: round(v, 4) if isinstance(v, float) else v
-                                                   for k, v in figures.items()}}))
-    finally:
-        if not args.keep:
-            remove_outputs(workdir, created_workdir, ours)
+        print(json.dumps({"benchmark": "store", **rounded(figures)}))
     return 0
 
 

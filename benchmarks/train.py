@@ -40,10 +40,15 @@ import math
 import os
 import statistics
 import sys
-import tempfile
 import time
+from pathlib import Path
 
-from common import HelpFormatter, remove_outputs, set_quiet_env
+if not __package__:  # `python benchmarks/train.py`: import from the repo root, where benchmarks/ is a package
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import (  # noqa: E402
+    add_workdir_arguments, benchmark_parser, owned_outputs, require_positive, rounded, set_quiet_env,
+)
 
 # Ray's driver-side progress bars otherwise patch print() to redraw themselves after every line,
 # which splices the finished bars into the table.
@@ -56,8 +61,8 @@ TIMES_FILE = "bench-step-times-rank{rank}.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="benchmarks/train.py",
+    parser = benchmark_parser(
+        __file__,
         description=(
             "Measure samples/s of V's (ConvVAE) train step side by side in one run: (a) a plain PyTorch loop in "
             "this process, (b) train_func under Ray Train's TorchTrainer with 1 worker, (c) with --workers "
@@ -81,14 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             "other load slows some configurations more than others and spoils the ratios (the table says how "
             "many CPU cores processes foreign to the run took during each timed window)."
         ),
-        formatter_class=HelpFormatter,
     )
     parser.add_argument("--store", default=None, help="train on this existing store (default: collect one)")
     parser.add_argument("--env", default="CarRacing-v3", help="source env to collect when --store is not given")
     parser.add_argument("--frames", type=int, default=3000, help="frames to collect when --store is not given")
     parser.add_argument("--episode-steps", type=int, default=500, help="max steps of each collected episode")
-    parser.add_argument("--workdir", default=None, help="where the store and runs are written (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep what was written under --workdir")
+    add_workdir_arguments(parser, "the store and the runs")
     parser.add_argument("--preset", default="small", choices=("tiny", "small", "paper"), help="VAE preset")
     parser.add_argument("--batch", type=int, default=None, help="frames per step per worker (default: the preset's)")
     parser.add_argument("--workers", type=int, default=2, help="workers of configuration (c)")
@@ -105,9 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--workers must be >= 2")
     if args.seconds <= 0 or args.plain_seconds <= 0:
         parser.error("--seconds and --plain-seconds must be > 0")
-    for name in ("frames", "episode_steps", "warmup_steps", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    require_positive(parser, args, ("frames", "episode_steps", "warmup_steps", "repeats"))
     if args.batch is not None and args.batch < 1:
         parser.error("--batch must be >= 1")
     return args
@@ -543,94 +544,85 @@ def print_table(args, f: dict, runs: dict[str, list[dict]]) -> None:
         print(f"  {note}")
 
 
+def run_in_order(args, store_path: str, workdir: str, probe: dict, monitor: CpuMonitor, figures: dict) -> dict:
+    """The runs a b a c a b a c a: each TorchTrainer run (b: 1 worker, c: N) between two plain runs (a, no
+    Ray running); returns the runs of each key, and puts into `figures` the paired ratios and the order."""
+    runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
+    B, W, n = probe["batch_size"], args.warmup_steps, args.workers
+    threads = default_threads(1)  # what a 1-worker TorchTrainer gets (checked once Ray is up)
+    order = [("a", None)]
+    for r in range(args.repeats):
+        order += [("b", r), ("a", None), ("c", r), ("a", None)]
+    figures["order"] = " ".join(key for key, _ in order)
+    plains_around: dict[str, list[tuple[int, int]]] = {"b": [], "c": []}
+    for position, (key, r) in enumerate(order):
+        tag = f"[{position + 1}/{len(order)}]"
+        if key == "a":
+            runs["a"].append(run_plain(args, probe, threads, args.plain_seconds, monitor, f"{tag} (a)"))
+            continue
+        plains_around[key].append((len(runs["a"]) - 1, len(runs["a"])))
+        if key == "b":  # steps for about --seconds at the rate of the plain run before
+            workers, steps = 1, W + max(20, math.ceil(args.seconds * runs["a"][-1]["samples_per_s"] / B))
+        else:  # steps per rank for about --seconds if N workers together matched the last (b)
+            workers, steps = n, W + max(20, math.ceil(args.seconds * runs["b"][-1]["samples_per_s"] / (B * n)))
+        out = os.path.join(workdir, f"run-{workers}w-{r + 1}")
+        runs[key].append(run_on_ray(args, store_path, out, workers, steps, monitor, f"{tag} ({key})", threads, figures))
+    each = {key: paired(runs[key], [(runs["a"][i], runs["a"][j]) for i, j in plains_around[key]]) for key in ("b", "c")}
+    figures.update(b_over_a=statistics.median(each["b"]), c_over_a=statistics.median(each["c"]),
+                   b_over_a_each=each["b"], c_over_a_each=each["c"])
+    return runs
+
+
+def run_on_ray(args, store_path: str, out: str, workers: int, steps: int, monitor: CpuMonitor, tag: str,
+               threads: int, figures: dict) -> dict:
+    """One TorchTrainer run on a Ray started for it alone (its start-up time goes to figures["ray_start_s"])."""
+    import ray
+
+    from worldmodel.raycluster import init_ray
+
+    started = time.monotonic()
+    ray_started = init_ray()
+    figures["ray_start_s"].append(time.monotonic() - started)
+    try:
+        if ray_threads(1) != threads:
+            print(f"  note: a 1-worker TorchTrainer gets {ray_threads(1)} threads, (a) ran with {threads}")
+        return run_trainer(args, store_path, out, workers, steps, monitor, tag)
+    finally:
+        if ray_started:
+            ray.shutdown()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     wall_start = time.monotonic()
-    created_workdir = args.workdir is None or not os.path.exists(args.workdir)
-    workdir = tempfile.mkdtemp(prefix="wm-bench-train-") if args.workdir is None else args.workdir
-    os.makedirs(workdir, exist_ok=True)
-    run_dirs = [os.path.join(workdir, f"run-{w}w-{r + 1}") for r in range(args.repeats) for w in (1, args.workers)]
-    ours = run_dirs + ([] if args.store else [os.path.join(workdir, "store.zarr")])
-    clash = [p for p in ours if os.path.exists(p)]
-    if clash:
-        raise SystemExit(f"{clash[0]} exists: choose another --workdir (or pass --store to reuse a store)")
-    figures: dict = {"ray_start_s": []}
-    runs: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
-    monitor = CpuMonitor().start()
-    try:
-        import ray
+    ours = [f"run-{w}w-{r + 1}" for r in range(args.repeats) for w in (1, args.workers)]
+    ours += [] if args.store else ["store.zarr"]
+    with owned_outputs(args, "wm-bench-train-", ours, "or pass --store to reuse a store") as workdir:
+        monitor = CpuMonitor().start()
+        try:
+            from worldmodel.data import EpisodeStore
 
-        from worldmodel.data import EpisodeStore
-        from worldmodel.raycluster import init_ray
-
-        print(f"train benchmark: workdir {workdir}", flush=True)
-        store_path = args.store or os.path.join(workdir, "store.zarr")
-        if not args.store:
-            figures.update(collect_store(args, store_path))
-        store = EpisodeStore.open(store_path)
-        figures.update(env=store.spec.env_id or args.env, frames=store.num_steps, episodes=store.num_episodes)
-        probe = build_config(args, store_path, 1)
-        figures["batch"] = B = probe["batch_size"]
-        W, n = args.warmup_steps, args.workers
-        threads = default_threads(1)  # what a 1-worker TorchTrainer gets (checked once Ray is up)
-        order = [("a", None)]
-        for r in range(args.repeats):
-            order += [("b", r), ("a", None), ("c", r), ("a", None)]
-        figures["order"] = " ".join(key for key, _ in order)
-        plains_around: dict[str, list[tuple[int, int]]] = {"b": [], "c": []}
-        for position, (key, r) in enumerate(order):
-            tag = f"[{position + 1}/{len(order)}]"
-            if key == "a":  # no Ray running
-                runs["a"].append(run_plain(args, probe, threads, args.plain_seconds, monitor, f"{tag} (a)"))
-                continue
-            plains_around[key].append((len(runs["a"]) - 1, len(runs["a"])))
-            started = time.monotonic()
-            ray_started = init_ray()
-            figures["ray_start_s"].append(time.monotonic() - started)
-            try:
-                if ray_threads(1) != threads:
-                    print(f"  note: a 1-worker TorchTrainer gets {ray_threads(1)} threads, (a) ran with {threads}")
-                if key == "b":  # steps for about --seconds at the rate of the plain run before
-                    workers, steps = 1, W + max(20, math.ceil(args.seconds * runs["a"][-1]["samples_per_s"] / B))
-                else:  # steps per rank for about --seconds if N workers together matched the last (b)
-                    workers, steps = n, W + max(20, math.ceil(args.seconds * runs["b"][-1]["samples_per_s"] / (B * n)))
-                out = os.path.join(workdir, f"run-{workers}w-{r + 1}")
-                runs[key].append(run_trainer(args, store_path, out, workers, steps, monitor, f"{tag} ({key})"))
-            finally:
-                if ray_started:
-                    ray.shutdown()
-        each = {key: paired(runs[key], [(runs["a"][i], runs["a"][j]) for i, j in plains_around[key]])
-                for key in ("b", "c")}
-        figures.update(
-            a_samples_per_s=statistics.median(r["samples_per_s"] for r in runs["a"]),
-            b_samples_per_s=statistics.median(r["samples_per_s"] for r in runs["b"]),
-            c_samples_per_s=statistics.median(r["samples_per_s"] for r in runs["c"]),
-            b_over_a=statistics.median(each["b"]), c_over_a=statistics.median(each["c"]),
-            b_over_a_each=each["b"], c_over_a_each=each["c"],
-            a_threads=runs["a"][0]["threads"], b_threads=runs["b"][0]["threads"], c_threads=runs["c"][0]["threads"],
-        )
-        figures["c_over_b"] = figures["c_over_a"] / figures["b_over_a"]
-        figures["foreign_max"] = max((r["cpu"]["foreign"] for rs in runs.values() for r in rs if r.get("cpu")),
-                                     default=0.0)
-        figures["wall_s"] = time.monotonic() - wall_start
-        print_table(args, figures, runs)
-
-        def rounded(v):
-            if isinstance(v, float):
-                return round(v, 4)
-            if isinstance(v, list | tuple):
-                return [rounded(x) for x in v]
-            if isinstance(v, dict):
-                return {k: rounded(x) for k, x in v.items()}
-            return v
-
-        print(json.dumps({"benchmark": "train", "preset": args.preset, "workers": n, "repeats": args.repeats,
-                          **{k: rounded(v) for k, v in figures.items()},
-                          "runs": {k: rounded(v) for k, v in runs.items()}}))
-    finally:
-        monitor.stop()
-        if not args.keep:
-            remove_outputs(workdir, created_workdir, ours)
+            figures: dict = {"ray_start_s": []}
+            print(f"train benchmark: workdir {workdir}", flush=True)
+            store_path = args.store or os.path.join(workdir, "store.zarr")
+            if not args.store:
+                figures.update(collect_store(args, store_path))
+            store = EpisodeStore.open(store_path)
+            figures.update(env=store.spec.env_id or args.env, frames=store.num_steps, episodes=store.num_episodes)
+            probe = build_config(args, store_path, 1)
+            figures["batch"] = probe["batch_size"]
+            runs = run_in_order(args, store_path, workdir, probe, monitor, figures)
+            figures.update({f"{key}_samples_per_s": statistics.median(r["samples_per_s"] for r in runs[key]) for key in runs})
+            figures.update({f"{key}_threads": runs[key][0]["threads"] for key in runs})
+            figures["c_over_b"] = figures["c_over_a"] / figures["b_over_a"]
+            figures["foreign_max"] = max((r["cpu"]["foreign"] for rs in runs.values() for r in rs if r.get("cpu")),
+                                         default=0.0)
+            figures["wall_s"] = time.monotonic() - wall_start
+            print_table(args, figures, runs)
+            print(json.dumps({"benchmark": "train", "preset": args.preset, "workers": args.workers,
+                              "repeats": args.repeats, **rounded(figures), "runs": rounded(runs)}))
+        finally:
+            monitor.stop()
     return 0
 
 
