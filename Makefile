@@ -13,7 +13,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 install: $(STAMP)
 
-# torch and torchvision first (NOTES.md): then pip never backtracks over them.
+# torch and torchvision first (docs/notes.md): then pip never backtracks over them.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip

@@ -7,7 +7,7 @@ import asyncio
 import os
 import threading
 
-# Before anything imports Ray or pygame (NOTES.md): loopback only, no usage stats, quiet.
+# Before anything imports Ray or pygame (docs/notes.md): loopback only, no usage stats, quiet.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-# Before Ray starts: keep every Ray server on loopback (NOTES.md) and send no usage stats.
+# Before Ray starts: keep every Ray server on loopback (docs/notes.md) and send no usage stats.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -32,7 +32,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         _node_ip_address="127.0.0.1",
-        include_dashboard=True,  # Train v2 warns in a loop without it (NOTES.md)
+        include_dashboard=True,  # Train v2 warns in a loop without it (docs/notes.md)
         dashboard_host="127.0.0.1",
         log_to_driver=True,
     )
