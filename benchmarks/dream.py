@@ -119,6 +119,27 @@ def time_dream(env, steps: int, rng: np.random.Generator, batch: int | None, end
     return steps * (batch or 1) / seconds
 
 
+def print_table(args, figures: dict, best: dict[str, float]) -> None:
+    rows = [
+        ("real CarRacing-v3 (1 process, 64x64 + vector)", best["real"], None, None),
+        (f"DreamVectorEnv VMC latent, {args.envs} envs", best["latent"], figures["latent_ratio"], TARGET_LATENT_RATIO),
+        (f"DreamVectorEnv VMC pixels, {args.envs} envs", best["pixels"], figures["pixels_ratio"], None),
+        ("DreamEnv VMC latent, 1 env", best["single"], figures["single_ratio"], None),
+        (f"DreamVectorEnv VMC latent, {args.envs} envs, long episodes", best["latent_long"], figures["latent_long_ratio"],
+         TARGET_LATENT_RATIO),
+    ]
+    print(f"\n{'':48s} {'steps/s':>12s} {'vs real':>10s} {'target':>9s}")
+    for name, speed, ratio, target in rows:
+        verdict = "" if target is None else ("PASS" if ratio >= target else "MISS")
+        ratio_text = "" if ratio is None else f"{ratio:,.0f}x"
+        target_text = "" if target is None else f">= {target:,.0f}x"
+        print(f"{name:48s} {speed:12,.0f} {ratio_text:>10s} {target_text:>9s} {verdict}")
+    print(f"(paper-size V and M trained a few steps; their dreams end every {1 / max(figures['dream_end_rate'], 1e-9):.0f} "
+          f"steps on average, and each end costs a reset; with the termination bias at {args.long_episode_bias:g} "
+          f"(long episodes) every {1 / max(figures['long_end_rate'], 1e-9):,.0f} steps; {figures['torch_threads']} torch threads, "
+          f"load average {figures['load_avg']:.1f})")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -180,24 +201,7 @@ def main(argv=None) -> int:
         figures["long_end_rate"] = float(np.mean(long_ends))
         figures["load_avg"] = os.getloadavg()[0]
 
-    rows = [
-        ("real CarRacing-v3 (1 process, 64x64 + vector)", best["real"], None, None),
-        (f"DreamVectorEnv VMC latent, {args.envs} envs", best["latent"], figures["latent_ratio"], TARGET_LATENT_RATIO),
-        (f"DreamVectorEnv VMC pixels, {args.envs} envs", best["pixels"], figures["pixels_ratio"], None),
-        ("DreamEnv VMC latent, 1 env", best["single"], figures["single_ratio"], None),
-        (f"DreamVectorEnv VMC latent, {args.envs} envs, long episodes", best["latent_long"], figures["latent_long_ratio"],
-         TARGET_LATENT_RATIO),
-    ]
-    print(f"\n{'':48s} {'steps/s':>12s} {'vs real':>10s} {'target':>9s}")
-    for name, speed, ratio, target in rows:
-        verdict = "" if target is None else ("PASS" if ratio >= target else "MISS")
-        ratio_text = "" if ratio is None else f"{ratio:,.0f}x"
-        target_text = "" if target is None else f">= {target:,.0f}x"
-        print(f"{name:48s} {speed:12,.0f} {ratio_text:>10s} {target_text:>9s} {verdict}")
-    print(f"(paper-size V and M trained a few steps; their dreams end every {1 / max(figures['dream_end_rate'], 1e-9):.0f} "
-          f"steps on average, and each end costs a reset; with the termination bias at {args.long_episode_bias:g} "
-          f"(long episodes) every {1 / max(figures['long_end_rate'], 1e-9):,.0f} steps; {figures['torch_threads']} torch threads, "
-          f"load average {figures['load_avg']:.1f})")
+    print_table(args, figures, best)
     print(json.dumps(figures, default=float))
     return 0
 
