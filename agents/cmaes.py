@@ -2,8 +2,10 @@
 
 Each generation asks CMA-ES for a population, scores every candidate with a
 fitness function, and tells CMA-ES the mean returns. The fitness is the dream
-(agents/dream_fitness.py: the population x rollouts as one batched dream); the
-best controller is re-judged on more rollouts and saved into the bundle.
+(agents/dream_fitness.py: the population x rollouts as one batched dream) or the
+real env (agents/real_fitness.py: the paper's procedure for CarRacing, real
+rollouts in Ray workers that hold envs and V and M). The best controller is
+re-judged on more rollouts and saved into the bundle.
 """
 
 from __future__ import annotations
@@ -42,21 +44,73 @@ class CMAESConfig:
     workers: int = 1
     """Ray workers the population is split over (1: this process)."""
     gpus_per_worker: float = 0.0
-    """GPUs per Ray worker (0: the CPU); the dream runs on the GPU when given one."""
+    """GPUs per Ray worker (0: the CPU); the models run on the GPU when given one."""
+    where: str = "dream"
+    """Where candidates are judged: "dream" (inside the world model) or "real" (the bundle's source env)."""
+    envs_per_worker: int = 8
+    """"real" only: real envs each worker steps as one batch."""
+    patience: int = 0
+    """"real" only: end a rollout after this many steps without a positive reward (0: never; see real_fitness)."""
+    start: str = "data"
+    """The first CMA-ES mean: "data" (a controller that does the training data's mean action whatever it
+    sees; zero weights for discrete actions), "zero" (all parameters 0), or "controller" (the bundle's C)."""
 
+    def __post_init__(self) -> None:
+        if self.where not in WHERE:
+            raise ValueError(f"where must be one of {WHERE}, got {self.where!r}")
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {STARTS}, got {self.start!r}")
+        for name in ("generations", "population", "rollouts", "max_steps", "workers", "envs_per_worker"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.population < 2:
+            raise ValueError(f"CMA-ES needs a population of at least 2, got {self.population}")
+
+
+WHERE = ("dream", "real")
+STARTS = ("data", "zero", "controller")
 
 PRESETS = {
-    "tiny": CMAESConfig(generations=3, population=8, rollouts=2, max_steps=50),
-    "small": CMAESConfig(generations=30, population=32, rollouts=8, max_steps=300),
-    "paper": CMAESConfig(),
+    "dream": {
+        "tiny": CMAESConfig(generations=3, population=8, rollouts=2, max_steps=50),
+        "small": CMAESConfig(generations=30, population=32, rollouts=8, max_steps=300),
+        "paper": CMAESConfig(),
+    },
+    # Real rollouts cost ~10 ms a step on a CPU: fewer, early-stopped, split over workers.
+    "real": {
+        "tiny": CMAESConfig(generations=3, population=6, rollouts=1, max_steps=50, where="real", envs_per_worker=3),
+        "small": CMAESConfig(generations=40, population=16, rollouts=1, max_steps=1000, where="real", patience=60,
+                             workers=2, envs_per_worker=8),
+        "paper": CMAESConfig(generations=2000, population=64, rollouts=16, max_steps=1000, where="real", workers=64,
+                             envs_per_worker=16),
+    },
 }
 
 
-def make_fitness(bundle: str, config: CMAESConfig):
-    from agents.dream_fitness import DreamFitness
+def preset(where: str, name: str) -> CMAESConfig:
+    if where not in PRESETS:
+        raise ValueError(f"where must be one of {WHERE}, got {where!r}")
+    if name not in PRESETS[where]:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS[where])}")
+    return PRESETS[where][name]
 
-    return DreamFitness(bundle, rollouts=config.rollouts, max_steps=config.max_steps, temperature=config.temperature,
-                        workers=config.workers, gpus_per_worker=config.gpus_per_worker)
+
+def make_fitness(bundle: str, config: CMAESConfig):
+    """The fitness function `config.where` names."""
+    if config.where == "dream":
+        from agents.dream_fitness import DreamFitness
+
+        return DreamFitness(bundle, rollouts=config.rollouts, max_steps=config.max_steps,
+                            temperature=config.temperature, workers=config.workers,
+                            gpus_per_worker=config.gpus_per_worker)
+    elif config.where == "real":
+        from agents.real_fitness import RealFitness
+
+        return RealFitness(bundle, rollouts=config.rollouts, max_steps=config.max_steps, workers=config.workers,
+                           envs_per_worker=config.envs_per_worker, patience=config.patience,
+                           gpus_per_worker=config.gpus_per_worker)
+    else:
+        raise ValueError(f"where must be one of {WHERE}, got {config.where!r}")
 
 
 def train_controller(bundle: str, out: str, config: CMAESConfig, resume: bool = False, show_progress: bool = True) -> dict:
@@ -69,7 +123,7 @@ def train_controller(bundle: str, out: str, config: CMAESConfig, resume: bool = 
     controller = Controller(load_bundle(bundle).controller_config())
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start, mean, sigma, best = _start(out_dir, controller.num_params, config, resume)
+    start, mean, sigma, best = _start(out_dir, first_mean(bundle, controller, config.start), config, resume)
     log = MetricsLog(out_dir / LOG_FILE, resume_after=start, key="generation")
     # A resumed run restarts CMA-ES from the saved mean and step size; the covariance is
     # learned again (saving it exactly would need pickling the library's state).
@@ -88,7 +142,7 @@ def train_controller(bundle: str, out: str, config: CMAESConfig, resume: bool = 
             log.append({
                 "generation": generation + 1, "best": float(returns.max()), "mean": float(returns.mean()),
                 "std": float(returns.std()), "best_ever": best["return"], "sigma": float(es.sigma),
-                "seconds": time.perf_counter() - began,
+                "seconds": time.perf_counter() - began, "real_steps": fitness.steps,
             })
             bar.set_postfix(best=f"{returns.max():.1f}", mean=f"{returns.mean():.1f}")
             _save_state(out_dir, generation + 1, es, best, config)
@@ -98,11 +152,32 @@ def train_controller(bundle: str, out: str, config: CMAESConfig, resume: bool = 
     return _save(bundle, out_dir, controller, chosen, config, fitness.name, generations=len(log.rows))
 
 
-def _start(out_dir: Path, num_params: int, config: CMAESConfig, resume: bool):
+def first_mean(bundle: str, controller: Controller, start: str) -> np.ndarray:
+    """Where CMA-ES starts (see CMAESConfig.start)."""
+    from worldmodel.bundle import load_controller, read_bundle_config
+
+    if start == "zero" or (start == "data" and controller.config.discrete_actions):
+        return np.zeros(controller.num_params)
+    elif start == "data":
+        action_mean = read_bundle_config(bundle).get("action_mean")
+        if action_mean is None:  # a bundle written before the mean was recorded
+            return np.zeros(controller.num_params)
+        return controller.flat_for_action(action_mean).numpy().astype(np.float64)
+    elif start == "controller":
+        previous = load_controller(bundle)
+        if previous.num_params != controller.num_params:
+            raise ValueError(f"the bundle's controller has {previous.num_params} parameters; this one needs "
+                             f"{controller.num_params}")
+        return previous.get_flat().numpy().astype(np.float64)
+    else:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+
+
+def _start(out_dir: Path, mean0: np.ndarray, config: CMAESConfig, resume: bool):
     """(first generation, CMA-ES mean, step size, best so far): fresh, or from OUT's saved state."""
     state_path = out_dir / STATE_FILE
     if not state_path.is_file():
-        return 0, np.zeros(num_params), config.sigma0, {"return": -np.inf, "params": None, "generation": -1}
+        return 0, mean0, config.sigma0, {"return": -np.inf, "params": None, "generation": -1}
     saved = json.loads(state_path.read_text())
     if not resume:
         raise FileExistsError(f"{out_dir} holds a CMA-ES run at generation {saved['generation']}: "

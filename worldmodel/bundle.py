@@ -66,6 +66,13 @@ def _save_contexts(out: Path, start: Context) -> None:
     save_file(tensors, str(out / CONTEXTS_FILE))
 
 
+def _action_mean(stores: list) -> list[float] | None:
+    """The mean box action of the training data (None for discrete actions): where CMA-ES starts."""
+    if stores[0].spec.action.is_discrete:
+        return None
+    return np.concatenate([s.read_column("action") for s in stores]).mean(axis=0).tolist()
+
+
 def _open_stores(stores: list[str], spec: EnvSpec, what: str) -> list:
     from worldmodel.data import EpisodeStore
 
@@ -132,6 +139,7 @@ def write_vmc_bundle(
             "mdnrnn": mdnrnn.config.to_dict(),
             "vector_norm": vector_stats.to_dict(),
         },
+        "action_mean": _action_mean(opened),
         "versions": versions(),
         "provenance": {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

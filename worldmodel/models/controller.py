@@ -99,6 +99,16 @@ class Controller(nn.Module):
         # A copy: vector_to_parameters makes the parameters views of the vector it is given.
         vector_to_parameters(vec.to(self.linear.weight.device).clone(), self.parameters())
 
+    def flat_for_action(self, action) -> Tensor:
+        """Flat parameters of the controller that does `action` [A] (box) whatever it sees: zero weights and
+        the bias tanh maps onto it (kept 0.5% inside the bounds, where tanh is still finite)."""
+        if self.config.discrete_actions:
+            raise ValueError("a discrete controller has no constant action to start from: use zero parameters")
+        action = torch.as_tensor(action, dtype=torch.float32)
+        unit = 2.0 * (action - self.low.cpu()) / (self.high.cpu() - self.low.cpu()).clamp(min=1e-12) - 1.0
+        bias = torch.atanh(unit.clamp(-0.99, 0.99))
+        return torch.cat([torch.zeros(self.config.action_dim * self.config.input_dim), bias])
+
     def _unflatten(self, params: Tensor) -> tuple[Tensor, Tensor]:
         """params [N, num_params] -> (weight [N, A, I], bias [N, A]): each row laid out as
         parameters_to_vector lays out (weight, bias), so row n equals `set_flat(params[n])`."""
