@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 
@@ -333,8 +333,17 @@ def markdown_page(text: str, title: str) -> str:
         "\n".join(body) + "\n</body></html>\n"
 
 
-def run_demo(out: str, tiny: bool = False, resume: bool = False) -> Path:
-    return Demo(out, TINY if tiny else DemoConfig(), resume=resume).run()
+DEMO_PRESETS = {"tiny": TINY, "small": DemoConfig()}
+"""tiny: CartPole at tiny sizes (what the tests run). small: CarRacing-v3 at CPU sizes."""
 
 
-__all__ = ["DemoConfig", "TINY", "Demo", "run_demo", "StageError"]
+def run_demo(out: str, preset: str = "small", resume: bool = False, seed: int = 0) -> Path:
+    """Run (or with `resume`, continue) the demo in `out`; returns the path of report.md."""
+    if preset in DEMO_PRESETS:
+        config = replace(DEMO_PRESETS[preset], seed=seed)
+    else:
+        raise ValueError(f"unknown demo preset {preset!r}; choose one of {', '.join(DEMO_PRESETS)}")
+    return Demo(out, config, resume=resume).run()
+
+
+__all__ = ["DEMO_PRESETS", "DemoConfig", "TINY", "Demo", "run_demo", "StageError"]

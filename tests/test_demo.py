@@ -1,4 +1,4 @@
-"""`worldmodel demo --tiny`: every stage runs and every artefact of the report is there and sane."""
+"""`worldmodel demo --preset tiny`: every stage runs and every artefact of the report is there and sane."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("demo")
-    result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "demo", "--tiny", "--out", str(out)],
+    result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "demo", "--preset", "tiny", "--out", str(out)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return str(out)
@@ -46,7 +46,7 @@ def test_report_shows_scores_pictures_and_commands(demo_out):
 
 
 def test_resume_skips_finished_stages(demo_out):
-    result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "demo", "--tiny", "--out", demo_out, "--resume"],
+    result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "demo", "--preset", "tiny", "--out", demo_out, "--resume"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("done earlier") == 6

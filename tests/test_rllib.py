@@ -1,4 +1,5 @@
-"""RLlib PPO for one iteration on the dream env, and on the remote env through a real server."""
+"""RLlib PPO for one iteration on the dream env (then resumed for a second), and on the remote env
+through a real server."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from agents.rllib import RLlibPolicy, train_rllib
+from worldmodel.train.launcher import TrainingError
 
 
 def _check_run(out, result) -> None:
@@ -22,16 +24,24 @@ def _check_run(out, result) -> None:
     assert json.loads((out / "rllib.json").read_text())["iterations"] == result["iterations"]
 
 
-def test_ppo_iteration_in_the_dream(vmc_runs, tmp_path, ray_local):
+def test_ppo_iteration_in_the_dream_and_resume(vmc_runs, tmp_path, ray_local):
     import worldmodel
 
-    result = train_rllib(vmc_runs["bundle"], str(tmp_path), iterations=1, train_batch_size=200, max_episode_steps=50,
-                         show_progress=False)
+    options = {"train_batch_size": 200, "max_episode_steps": 50, "show_progress": False}
+    result = train_rllib(vmc_runs["bundle"], str(tmp_path), iterations=1, **options)
     _check_run(tmp_path, result)
     model = worldmodel.load_bundle(vmc_runs["bundle"])
     policy = RLlibPolicy(tmp_path, model.spec.action_space())  # rebuilt from safetensors, nothing unpickled
     actions = policy(model.features(model.initial_state(model.contexts.select(slice(0, 4)))), discrete=True)
     assert actions.shape == (4,) and actions.dtype == torch.int64 and set(actions.tolist()) <= {0, 1}
+
+    with pytest.raises(TrainingError, match="--resume"):  # an earlier run is never overwritten silently
+        train_rllib(vmc_runs["bundle"], str(tmp_path), iterations=2, **options)
+    resumed = train_rllib(vmc_runs["bundle"], str(tmp_path), iterations=2, resume=True, **options)
+    assert [row["iteration"] for row in resumed["iterations"]] == [1, 2]
+    assert resumed["iterations"][0] == result["iterations"][0]
+    assert resumed["iterations"][1]["env_steps"] > result["iterations"][0]["env_steps"]  # RLlib's counters came back
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["iteration_000002"]
 
 
 @pytest.fixture

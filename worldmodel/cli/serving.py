@@ -1,0 +1,146 @@
+"""`worldmodel serve` and `worldmodel play`: the simulator in use, over gRPC or under the keyboard."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+from worldmodel.cli.common import (
+    CliError, Subparsers, add_command, bounded_number, non_negative_float, non_negative_int, positive_float,
+    positive_int, seed_int,
+)
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+port_number = bounded_number(int, 0, maximum=65535)
+
+
+def add_serve_command(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers, "serve", run_serve,
+        help="serve bundles over gRPC (worldmodel.v1.Simulator and dm_env_rpc.v1.Environment, health, reflection)",
+        description="Reads: the bundles. Writes: nothing (logs to stderr). Runs until SIGTERM/SIGINT, then "
+        "drains in-flight calls. Start-up: a few seconds per bundle.",
+    )
+    parser.add_argument("bundles", nargs="+", metavar="[NAME=]BUNDLE",
+                        help="bundle directories (named after the directory by default)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=port_number, default=50051, help="0 picks a free port (printed)")
+    parser.add_argument("--allow-remote", action="store_true", help="allow binding beyond loopback")
+    parser.add_argument("--max-sessions", type=positive_int, default=1024)
+    parser.add_argument("--max-envs", type=positive_int, default=1024, help="envs per session at most")
+    parser.add_argument("--idle-ttl", type=positive_float, default=600.0, help="seconds before an idle session is evicted")
+    parser.add_argument("--max-message-mb", type=positive_int, default=64)
+    parser.add_argument("--batch-window-ms", type=non_negative_float, default=2.0, help="dynamic batching window")
+    parser.add_argument("--max-batch-envs", type=positive_int, default=1024, help="a batch closes at this many envs")
+    parser.add_argument("--no-batching", action="store_true", help="step every request alone (for comparison)")
+    parser.add_argument("--no-dm-env-rpc", action="store_true",
+                        help="do not also serve dm_env_rpc.v1.Environment on the same port")
+    parser.add_argument("--token-env", default=None, help="name of an environment variable holding the bearer token")
+    parser.add_argument("--tls-cert", default=None)
+    parser.add_argument("--tls-key", default=None)
+    parser.add_argument("--device", default="cpu")
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    import asyncio
+    import logging
+
+    from services.batcher import BatcherConfig
+    from services.server import ServerConfig, parse_model_args, serve
+
+    if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
+        raise CliError(f"refusing to bind {args.host}: pass --allow-remote to serve beyond this machine")
+    token = os.environ.get(args.token_env) if args.token_env else None
+    if args.token_env and not token:
+        raise CliError(f"--token-env {args.token_env}: that variable is empty or unset")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliError("TLS needs both --tls-cert and --tls-key")
+    check_device(args.device)
+    check_port_free(args.host, args.port)
+    try:
+        bundles = parse_model_args(args.bundles)
+    except ValueError as err:  # two bundles under one name
+        raise CliError(str(err)) from err
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = ServerConfig(
+        host=args.host, port=args.port, max_sessions=args.max_sessions, max_envs_per_session=args.max_envs,
+        idle_ttl_s=args.idle_ttl, max_message_bytes=args.max_message_mb << 20, token=token,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, device=args.device,
+        batcher=BatcherConfig(window_s=args.batch_window_ms / 1000, max_batch_envs=args.max_batch_envs,
+                              enabled=not args.no_batching),
+        dm_env_rpc=not args.no_dm_env_rpc,
+    )
+
+    def ready(running) -> None:
+        print(f"serving on {args.host}:{running.port}", flush=True)
+
+    asyncio.run(serve(bundles, config, on_ready=ready))
+
+
+def check_port_free(host: str, port: int) -> None:
+    """CliError when HOST:PORT cannot be bound (in use, or not an address of this machine), before
+    the bundles load; gRPC would say it later as a RuntimeError. Port 0 always binds."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise CliError(f"--host {host}: {err}") from err
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise CliError(f"cannot serve on {host}:{port}: {err.strerror}") from err
+
+
+def check_device(name: str) -> None:
+    """CliError unless `name` is a torch device this machine has."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CliError(f"--device {name}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CliError(f"--device {name}: this machine has no CUDA device")
+
+
+def add_play_command(subparsers: Subparsers) -> None:
+    parser = add_command(
+        subparsers, "play", run_play,
+        help="drive a dream with the keyboard in a pygame window",
+        description="Reads: --bundle. Writes: --record (a GIF of the ride) when given. Time: as long as you "
+        "play: Esc quits, --steps N stops after N steps; each step is milliseconds (VMC). Keys: arrows steer, "
+        "gas and brake (box actions, CarRacing-style), 0-9 choose a discrete action, R resets the dream. "
+        "Headless (tests): SDL_VIDEODRIVER=dummy.",
+    )
+    parser.add_argument("--bundle", required=True, help="bundle directory (`worldmodel bundle`)")
+    parser.add_argument("--backend", default="vmc", choices=("vmc", "diffusion"),
+                        help="the bundle's world model to dream with (default: vmc)")
+    parser.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature of the dream")
+    parser.add_argument("--device", default="cpu", help="torch device of the model")
+    parser.add_argument("--record", default=None, help="save the ride as this GIF")
+    parser.add_argument("--steps", type=non_negative_int, default=None, help="stop after N steps (default: until Esc)")
+    parser.add_argument("--fps", type=non_negative_int, default=15, help="steps per second (0: as fast as possible)")
+    parser.add_argument("--seed", type=seed_int, default=None, help="seed of the first start context and the dream's sampling")
+
+
+def run_play(args: argparse.Namespace) -> None:
+    from envs.play import play
+
+    check_device(args.device)
+    try:
+        result = play(
+            args.bundle, backend=args.backend, temperature=args.temperature, device=args.device,
+            record=args.record, steps=args.steps, fps=args.fps, seed=args.seed,
+        )
+    except RuntimeError as err:  # no display to open a window on
+        raise CliError(str(err)) from err
+    print(f"played {result.steps} steps, {result.episodes} episodes ended, total reward {result.total_reward:.2f}")
+    if result.record:
+        print(f"recording: {result.record}")
+
+
+__all__ = ["add_play_command", "add_serve_command"]
