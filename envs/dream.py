@@ -111,7 +111,41 @@ def _check_options(observation: str, max_episode_steps: int | None, render_mode:
         raise ValueError(f"render_mode must be None or one of {', '.join(modes)}; got {render_mode!r}")
 
 
-class DreamEnv(gym.Env):
+class _DreamShell:
+    """What DreamEnv and DreamVectorEnv set up alike: the model, its DreamBatch and the render options.
+
+    `_open`'s keywords are the options both envs take, with their defaults (DreamEnv documents them).
+    """
+
+    metadata: dict[str, Any]
+
+    def _open(
+        self,
+        num_envs: int,
+        bundle: str | Path | None = None,
+        *,
+        model: WorldModel | None = None,
+        backend: str | None = None,
+        temperature: float | None = None,
+        observation: str = "pixels",
+        max_episode_steps: int | None = None,
+        render_mode: str | None = None,
+        device: str = "cpu",
+        render_scale: int = RENDER_SCALE,
+    ) -> tuple[spaces.Space, spaces.Space]:
+        """Check the options, load the model and start a DreamBatch of `num_envs`; returns one env's
+        observation and action spaces."""
+        _check_options(observation, max_episode_steps, render_mode, self.metadata["render_modes"])
+        self.model = make_world_model(bundle, model, backend, device)
+        single_observation_space = _observation_space(self.model, observation)
+        self._dream = DreamBatch(self.model, num_envs, observation=observation, max_episode_steps=max_episode_steps or 0,
+                                 temperature=temperature)
+        self.observation, self.max_episode_steps = observation, max_episode_steps
+        self.render_mode, self.render_scale = render_mode, int(render_scale)
+        return single_observation_space, self.model.spec.action_space()
+
+
+class DreamEnv(_DreamShell, gym.Env):
     """
     ## Description
 
@@ -163,7 +197,10 @@ class DreamEnv(gym.Env):
              temperature=1.15, observation="pixels", max_episode_steps=1000,
              render_mode="rgb_array", device="cpu")
     ```
-    `model=` takes an already loaded WorldModel instead of `bundle=` (it is
+    `DreamEnv(bundle, **options)` takes the keywords shown (defaults: backend
+    "vmc" for a bundle, temperature None, observation "pixels",
+    max_episode_steps None, render_mode None, device "cpu", render_scale 4;
+    an unknown keyword is a TypeError). `model=` takes an already loaded WorldModel instead of `bundle=` (it is
     never changed: `temperature` overrides its tau for this env only; None
     keeps the model's). `render()` gives the frame
     upscaled `render_scale` times (nearest); `"human"` shows it in a pygame window.
@@ -175,27 +212,8 @@ class DreamEnv(gym.Env):
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": RENDER_FPS}
 
-    def __init__(
-        self,
-        bundle: str | Path | None = None,
-        *,
-        model: WorldModel | None = None,
-        backend: str | None = None,
-        temperature: float | None = None,
-        observation: str = "pixels",
-        max_episode_steps: int | None = None,
-        render_mode: str | None = None,
-        device: str = "cpu",
-        render_scale: int = RENDER_SCALE,
-    ):
-        _check_options(observation, max_episode_steps, render_mode, self.metadata["render_modes"])
-        self.model = make_world_model(bundle, model, backend, device)
-        self.observation_space = _observation_space(self.model, observation)
-        self.action_space = self.model.spec.action_space()
-        self._dream = DreamBatch(self.model, 1, observation=observation, max_episode_steps=max_episode_steps or 0,
-                                 temperature=temperature)
-        self.observation, self.max_episode_steps = observation, max_episode_steps
-        self.render_mode, self.render_scale = render_mode, int(render_scale)
+    def __init__(self, bundle: str | Path | None = None, **options: Any):
+        self.observation_space, self.action_space = self._open(1, bundle, **options)
         self._window = None  # pygame display surface, human mode
         self._clock = None
 
@@ -258,7 +276,7 @@ class DreamEnv(gym.Env):
             self._window = None
 
 
-class DreamVectorEnv(VectorEnv):
+class DreamVectorEnv(_DreamShell, VectorEnv):
     """
     ## Description
 
@@ -266,6 +284,7 @@ class DreamVectorEnv(VectorEnv):
     model's device (not a loop over DreamEnv). Spaces, rewards, episode ends
     and arguments are DreamEnv's (see its docstring); `single_observation_space`
     and `single_action_space` are one dream's, the batched spaces N of them.
+    `DreamVectorEnv(num_envs, bundle, **options)` takes DreamEnv's keywords.
 
     ## Autoreset: NEXT_STEP
 
@@ -295,33 +314,13 @@ class DreamVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": RENDER_FPS, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        bundle: str | Path | None = None,
-        *,
-        model: WorldModel | None = None,
-        backend: str | None = None,
-        temperature: float | None = None,
-        observation: str = "pixels",
-        max_episode_steps: int | None = None,
-        render_mode: str | None = None,
-        device: str = "cpu",
-        render_scale: int = RENDER_SCALE,
-    ):
-        _check_options(observation, max_episode_steps, render_mode, self.metadata["render_modes"])
+    def __init__(self, num_envs: int = 1, bundle: str | Path | None = None, **options: Any):
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
-        self.model = make_world_model(bundle, model, backend, device)
         self.num_envs = num_envs
-        self.single_observation_space = _observation_space(self.model, observation)
-        self.single_action_space = self.model.spec.action_space()
+        self.single_observation_space, self.single_action_space = self._open(num_envs, bundle, **options)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self._dream = DreamBatch(self.model, num_envs, observation=observation, max_episode_steps=max_episode_steps or 0,
-                                 temperature=temperature)
-        self.observation, self.max_episode_steps = observation, max_episode_steps
-        self.render_mode, self.render_scale = render_mode, int(render_scale)
         self._autoreset = np.zeros(num_envs, np.bool_)  # sub-envs that ended last step
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):

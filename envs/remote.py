@@ -130,13 +130,53 @@ class _as_value_error:
             raise ValueError(f"{self.what}: {error.details()}") from None
 
 
+class _RemoteShell:
+    """What RemoteEnv and RemoteVectorEnv set up alike: a session of `num_envs` envs and the render mode.
+
+    `_connect`'s keywords are the options both envs take, with their defaults (RemoteEnv documents them).
+    """
+
+    metadata: dict[str, Any]
+
+    def _connect(
+        self,
+        num_envs: int,
+        address: str = DEFAULT_ADDRESS,
+        model: str | None = None,
+        *,
+        backend: str | None = None,
+        token: str | None = None,
+        temperature: float | None = None,
+        max_episode_steps: int | None = None,
+        observation: str = "pixels",
+        png: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = 60.0,
+        render_mode: str | None = None,
+    ) -> RemoteSession:
+        """Check the render mode and open the session (ValueError before any call for a bad render mode)."""
+        _check_render_mode(render_mode, observation, self.metadata["render_modes"])
+        self._session = RemoteSession(
+            num_envs, address, model, backend=backend, token=token, temperature=temperature,
+            max_episode_steps=max_episode_steps, observation=observation, png=png,
+            root_certificates=root_certificates, timeout=timeout,
+        )
+        self.render_mode = render_mode
+        self._needs_reset = True
+        return self._session
+
+    @property
+    def session_id(self) -> str:
+        return self._session.session_id
+
+
 def _row(observation: np.ndarray | dict[str, np.ndarray], i: int):
     if isinstance(observation, dict):
         return {key: value[i] for key, value in observation.items()}
     return observation[i]
 
 
-class RemoteEnv(gym.Env):
+class RemoteEnv(_RemoteShell, gym.Env):
     """
     ## Description
 
@@ -174,7 +214,11 @@ class RemoteEnv(gym.Env):
              token=None, temperature=1.15, max_episode_steps=1000, observation="pixels", png=False,
              root_certificates=None, timeout=60.0, render_mode="rgb_array")
     ```
-    `model` may be left out when the server hosts one model. `token` is the
+    `RemoteEnv(address, model, **options)` takes the keywords shown (defaults:
+    backend and temperature the server's, max_episode_steps None, observation
+    "pixels", png False, token and root_certificates None, timeout 60 s,
+    render_mode None; an unknown keyword is a TypeError). `model` may be left
+    out when the server hosts one model. `token` is the
     bearer token of a server started with `--token-env`; `root_certificates`
     (PEM bytes) turns on TLS. `close()` closes the session on the server
     (sessions left open are evicted after the server's idle TTL).
@@ -186,35 +230,10 @@ class RemoteEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30}
 
-    def __init__(
-        self,
-        address: str = DEFAULT_ADDRESS,
-        model: str | None = None,
-        *,
-        backend: str | None = None,
-        token: str | None = None,
-        temperature: float | None = None,
-        max_episode_steps: int | None = None,
-        observation: str = "pixels",
-        png: bool = False,
-        root_certificates: bytes | None = None,
-        timeout: float | None = 60.0,
-        render_mode: str | None = None,
-    ):
-        _check_render_mode(render_mode, observation, self.metadata["render_modes"])
-        self._session = RemoteSession(
-            1, address, model, backend=backend, token=token, temperature=temperature,
-            max_episode_steps=max_episode_steps, observation=observation, png=png,
-            root_certificates=root_certificates, timeout=timeout,
-        )
-        self.observation_space = self._session.single_observation_space
-        self.action_space = self._session.single_action_space
-        self.render_mode = render_mode
-        self._needs_reset = True
-
-    @property
-    def session_id(self) -> str:
-        return self._session.session_id
+    def __init__(self, address: str = DEFAULT_ADDRESS, model: str | None = None, **options: Any):
+        session = self._connect(1, address, model, **options)
+        self.observation_space = session.single_observation_space
+        self.action_space = session.single_action_space
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -245,13 +264,14 @@ class RemoteEnv(gym.Env):
         self._session.close()
 
 
-class RemoteVectorEnv(VectorEnv):
+class RemoteVectorEnv(_RemoteShell, VectorEnv):
     """
     ## Description
 
     One session of `num_envs` envs on a served model: each `step()` is one
     round trip carrying all N actions, stepped on the server as one batch.
-    Spaces, rewards, episode ends and arguments are RemoteEnv's;
+    Spaces, rewards, episode ends and arguments are RemoteEnv's
+    (`RemoteVectorEnv(num_envs, address, model, **options)`);
     `single_observation_space` / `single_action_space` are one env's.
 
     ## Autoreset: NEXT_STEP
@@ -276,40 +296,14 @@ class RemoteVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 30, "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        address: str = DEFAULT_ADDRESS,
-        model: str | None = None,
-        *,
-        backend: str | None = None,
-        token: str | None = None,
-        temperature: float | None = None,
-        max_episode_steps: int | None = None,
-        observation: str = "pixels",
-        png: bool = False,
-        root_certificates: bytes | None = None,
-        timeout: float | None = 60.0,
-        render_mode: str | None = None,
-    ):
-        _check_render_mode(render_mode, observation, self.metadata["render_modes"])
-        self._session = RemoteSession(
-            num_envs, address, model, backend=backend, token=token, temperature=temperature,
-            max_episode_steps=max_episode_steps, observation=observation, png=png,
-            root_certificates=root_certificates, timeout=timeout,
-        )
+    def __init__(self, num_envs: int = 1, address: str = DEFAULT_ADDRESS, model: str | None = None, **options: Any):
+        session = self._connect(num_envs, address, model, **options)
         self.num_envs = num_envs
-        self.single_observation_space = self._session.single_observation_space
-        self.single_action_space = self._session.single_action_space
+        self.single_observation_space = session.single_observation_space
+        self.single_action_space = session.single_action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.render_mode = render_mode
         self._autoreset = np.zeros(num_envs, np.bool_)  # envs that ended last step
-        self._needs_reset = True
-
-    @property
-    def session_id(self) -> str:
-        return self._session.session_id
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
         if seed is None or isinstance(seed, (int, np.integer)):
