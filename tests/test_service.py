@@ -293,7 +293,7 @@ def test_other_malformed_requests_are_invalid_argument(client):
     assert "needs 16 bytes, got 9" in fails(Code.INVALID_ARGUMENT, call, short, timeout=30)
     assert "reset_mask must have 2 entries" in fails(Code.INVALID_ARGUMENT, client.step, sid, np.array([0, 1]), [True])
     assert "env indices must be in [0, 2)" in fails(Code.INVALID_ARGUMENT, client.reset, sid, env_indices=[2])
-    assert "seed must be >= 0" in fails(Code.INVALID_ARGUMENT, client.reset, sid, seed=-1)
+    assert re.search(r"seeds? must be >= 0", fails(Code.INVALID_ARGUMENT, client.reset, sid, seed=-1))
     assert "1 seeds for 2 envs" in fails(Code.INVALID_ARGUMENT, client.reset, sid, seeds=[1])
     assert "seeds must be >= 0" in fails(Code.INVALID_ARGUMENT, client.reset, sid, seeds=[1, -2])
     assert "not both" in fails(Code.INVALID_ARGUMENT, client.reset, sid, seed=1, seeds=[1, 2])
