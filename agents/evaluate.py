@@ -15,7 +15,7 @@ import torch
 
 from envs.policies import make_policy
 from envs.sources import make_source
-from worldmodel.models.world import Context
+from agents.real_fitness import first_state, split_observation
 
 POLICIES = ("controller", "rllib", "random")
 
@@ -44,25 +44,16 @@ class LatentPolicy:
         self.state = None
 
     def start(self, observation) -> None:
-        image, vector = _split(observation)
-        empty = np.zeros((1, 1, *self.model.spec.action.store_shape), self.model.spec.action.store_dtype)
-        context = Context(image[None, None], empty, None if vector is None else vector[None, None])
-        self.state = self.model.initial_state(context)
+        self.state = first_state(self.model, [observation])
 
     def act(self):
         action = self.act_on(self.model.features(self.state))[0]
         return int(action) if self.model.spec.action.is_discrete else action.cpu().numpy().astype(np.float32)
 
     def observe(self, action, observation) -> None:
-        image, vector = _split(observation)
+        image, vector = split_observation(observation)
         action_t = torch.as_tensor(np.asarray(action)[None])
         self.state = self.model.observe(self.state, action_t, image[None], None if vector is None else vector[None])
-
-
-def _split(observation):
-    if isinstance(observation, dict):
-        return observation["image"], observation.get("vector")
-    return observation, None
 
 
 def evaluate(
@@ -118,7 +109,7 @@ def _predicted_beside_real(model, state, action, observation):
     """(real frame t, the dream's guess of frame t+1 from here): what the model expects next."""
     action_t = torch.as_tensor(np.asarray(action)[None])
     _, transition = model.step(state, action_t, torch.Generator().manual_seed(0))
-    return _split(observation)[0], transition.image[0].numpy()
+    return split_observation(observation)[0], transition.image[0].numpy()
 
 
 def _write_gif(path: str, pairs) -> None:

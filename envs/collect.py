@@ -12,9 +12,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from envs.policies import make_policy
+from collections.abc import Callable
+
+from envs.policies import Policy, make_policy
 from envs.sources import make_source, source_spec
 from worldmodel.data import EpisodeStore, StoreError
+from worldmodel.spec import EnvSpec
+
+PolicyFactory = Callable[[EnvSpec, int | None], Policy]
+"""Makes the policy of one collecting task from the env's spec and a seed (it must pickle: Ray ships it)."""
 
 PROGRESS_EVERY = 50  # steps between progress reports from a task
 
@@ -33,7 +39,7 @@ def collect_part(
     env_id: str,
     seeds: list[int],
     max_steps: int,
-    policy: str = "auto",
+    policy: str | PolicyFactory = "auto",
     writer_id: str | None = None,
     progress=None,
     storage_options: dict | None = None,
@@ -45,9 +51,9 @@ def collect_part(
     store = EpisodeStore.open(location, storage_options=storage_options)
     if store.spec != spec:
         raise StoreError(f"{env_id} produces {spec.to_json()}, but {location} holds {store.spec.to_json()}")
-    actor = make_policy(policy, spec, seed=seeds[0] if seeds else None)
+    actor = _policy(policy, spec, seeds[0] if seeds else None)
     unreported = 0
-    with store.writer(writer_id, attrs={"env_id": env_id, "policy": policy}) as writer:
+    with store.writer(writer_id, attrs={"env_id": env_id, "policy": policy_name(policy)}) as writer:
         result = PartResult(writer.writer_id)
         for seed in seeds:
             obs, _ = env.reset(seed=int(seed))
@@ -91,6 +97,15 @@ class CollectSummary:
         return self.steps / self.seconds if self.seconds else 0.0
 
 
+def _policy(policy: str | PolicyFactory, spec: EnvSpec, seed: int | None) -> Policy:
+    return make_policy(policy, spec, seed=seed) if isinstance(policy, str) else policy(spec, seed)
+
+
+def policy_name(policy: str | PolicyFactory) -> str:
+    """What a part records as its policy: the name, or the factory's `name` (its class name without one)."""
+    return policy if isinstance(policy, str) else str(getattr(policy, "name", type(policy).__name__))
+
+
 def episode_seeds(count: int, seed: int | None) -> list[int]:
     """`count` distinct episode seeds; from `seed` when given, else fresh entropy."""
     rng = np.random.default_rng(seed)
@@ -104,7 +119,7 @@ def collect(
     episodes: int,
     max_steps: int,
     workers: int = 1,
-    policy: str = "auto",
+    policy: str | PolicyFactory = "auto",
     seed: int | None = None,
     show_progress: bool = True,
     storage_options: dict | None = None,
@@ -112,14 +127,17 @@ def collect(
     """Collect `episodes` episodes with `workers` Ray tasks (0: in this process) into `out`.
 
     A store already at `out` must have the same spec; new episodes are appended as new parts.
+    `policy`: a collection policy's name (envs/policies.py), or a PolicyFactory (e.g. a trained
+    controller with exploration noise, agents/loop.py).
     """
     if episodes < 1 or max_steps < 1:
         raise ValueError(f"episodes and max_steps must be >= 1, got {episodes} and {max_steps}")
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     spec = _probe_spec(env_id)
-    make_policy(policy, spec, seed=0)  # fail on a bad policy name before any work
-    EpisodeStore.create(out, spec, source={"env_id": env_id, "policy": policy}, storage_options=storage_options)
+    _policy(policy, spec, 0)  # fail on a bad policy before any work
+    EpisodeStore.create(out, spec, source={"env_id": env_id, "policy": policy_name(policy)},
+                        storage_options=storage_options)
     seeds = episode_seeds(episodes, seed)
     start = time.perf_counter()
     if workers == 0:

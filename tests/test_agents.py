@@ -124,3 +124,37 @@ def test_eval_cli_and_missing_controller(cartpole_bundle, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert set(summary) == {"controller", "random"} and len(summary["random"]["returns"]) == 2
+
+
+def test_loop_appends_to_the_store_fine_tunes_v_and_m_and_resumes(cartpole_bundle, tmp_path):
+    """`train loop`: each round collects into new parts of the same store, fine-tunes V and M from the
+    previous weights, evolves C from the previous C and judges it; --resume continues after the last round."""
+    import shutil
+
+    from agents.loop import LoopConfig, run_loop
+    from worldmodel.bundle import read_bundle_config
+    from worldmodel.data import EpisodeStore
+    from worldmodel.train.metrics import read_metrics
+
+    store = str(shutil.copytree(read_bundle_config(cartpole_bundle)["provenance"]["stores"][0], tmp_path / "store.zarr"))
+    before = EpisodeStore.open(store).num_episodes
+    config = LoopConfig(rounds=1, episodes=4, max_steps=60, vae_steps=5, mdnrnn_steps=5, preset="tiny",
+                        cmaes=CMAESConfig(generations=2, population=4, rollouts=2, max_steps=30, temperature=1.0,
+                                          start="controller"),
+                        judge_episodes=2, workers=1)
+    run = tmp_path / "loop"
+    run_loop(store, cartpole_bundle, str(run), config)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_loop(store, cartpole_bundle, str(run), config)
+    final = run_loop(store, cartpole_bundle, str(run), replace(config, rounds=2, vae_steps=0), resume=True)
+
+    rows = read_metrics(run / "rounds.csv")
+    assert [r["round"] for r in rows] == [1, 2]
+    assert [r["episodes_in_store"] for r in rows] == [before + 4, before + 8]
+    assert {"real_return", "dream_return", "gap"} <= set(rows[0]) and (run / "rounds.png").stat().st_size > 1000
+    # Round 1 fine-tuned V and M from the bundle's weights; round 2 kept V and fine-tuned round 1's M.
+    provenance = read_bundle_config(run / "round_1" / "bundle")["provenance"]
+    assert provenance["vae"]["init_from"].endswith("round_1/start/vae")
+    assert provenance["mdnrnn"]["init_from"].endswith("round_1/start/mdnrnn")
+    assert read_bundle_config(run / "round_2" / "bundle")["provenance"]["mdnrnn"]["init_from"].endswith("round_2/start/mdnrnn")
+    assert read_bundle_config(final)["controller"]["trained_in"] == "dream"

@@ -152,6 +152,28 @@ def write_vmc_bundle(
     return out
 
 
+def export_vmc_models(bundle: str | Path, out: str | Path) -> tuple[Path, Path]:
+    """The bundle's V and M as model directories (out/vae, out/mdnrnn: config.json + model.safetensors, and
+    M's vector_norm.json), as `train vae`/`train mdnrnn` write them: what fine-tuning starts from."""
+    from worldmodel.models.io import CONFIG_FILE as MODEL_CONFIG, WEIGHTS_FILE
+    from worldmodel.models.vector_norm import VectorStats
+
+    config = read_bundle_config(bundle)
+    if "vmc" not in config["backends"]:
+        raise BundleError(f"bundle {bundle} has no vmc backend to export")
+    directories = {}
+    for name, class_name in (("vae", "ConvVAE"), ("mdnrnn", "MDNRNN")):
+        directory = Path(out) / name
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / WEIGHTS_FILE).write_bytes(check_file(bundle, VMC_FILES[name]).read_bytes())
+        saved = {"class": class_name, "config": config["vmc"][name], "spec": config["spec"].to_dict(),
+                 "training": {"exported_from": str(bundle)}}
+        (directory / MODEL_CONFIG).write_text(json.dumps(saved, indent=2))
+        directories[name] = directory
+    VectorStats.from_dict(config["vmc"].get("vector_norm")).save(directories["mdnrnn"])
+    return directories["vae"], directories["mdnrnn"]
+
+
 def add_diffusion_to_bundle(
     out: str | Path,
     diffusion_dir: str | Path,
