@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from worldmodel.spec import ActionSpec, EnvSpec, ImageSpec, VectorSpec
+from worldmodel.spec import OBSERVATION_MODES, ActionSpec, EnvSpec, ImageSpec, VectorSpec
 from worldmodel.v1 import simulator_pb2 as pb
 
 DTYPES = {
@@ -19,12 +19,10 @@ DTYPES = {
 }
 CODES = {dtype.kind + str(dtype.itemsize): code for code, dtype in DTYPES.items()}
 OBSERVATION_MODE_CODES: dict[str, int] = {
-    name.removeprefix("OBSERVATION_MODE_").lower(): code
-    for name, code in pb.ObservationMode.items() if code != pb.OBSERVATION_MODE_UNSPECIFIED
+    mode: pb.ObservationMode.Value(f"OBSERVATION_MODE_{mode.upper()}") for mode in OBSERVATION_MODES
 }
-"""{"pixels": OBSERVATION_MODE_PIXELS, "latent": ...}: the modes as the proto's enum codes them, read from the
-generated code so that the client needs no torch; the server builds its mapping from their home,
-worldmodel.session.OBSERVATION_MODES (a mode the proto lacks fails there at import)."""
+"""{"pixels": OBSERVATION_MODE_PIXELS, "latent": ...}: the modes of worldmodel.spec.OBSERVATION_MODES as the
+proto's enum codes them (a mode the proto lacks fails here, at import)."""
 
 
 def to_tensor(array) -> pb.Tensor:

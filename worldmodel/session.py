@@ -24,9 +24,7 @@ from torch import Tensor
 
 from worldmodel.models.world import Context, State, Transition, WorldModel, action_tensor, cat_states, has_latents, split_state
 
-OBSERVATION_MODES = ("pixels", "latent")
-"""How a dream is observed, the one list every door checks against: "pixels" (image, plus the vector when
-the spec has one) or "latent" (the model's features; LatentWorldModel backends only)."""
+from worldmodel.spec import OBSERVATION_MODES  # re-exported: session users read it here
 _SEED_BOUND = 2**63  # sampler seeds in [0, 2**63), drawn as envs/dream.py draws them
 
 
@@ -147,8 +145,9 @@ class DreamBatch:
                 raise ValueError(f"{len(seeds)} seeds for {len(indices)} envs to reset")
         else:
             seeds = [None if seed is None else int(seed) + int(i) for i in indices]
-        if any(s is not None and s < 0 for s in seeds):
-            raise ValueError(f"seeds must be >= 0, got {[s for s in seeds if s is not None and s < 0]}")
+        negative = [s for s in seeds if s is not None and s < 0]
+        if negative:
+            raise ValueError(f"{'seed' if seed is not None else 'seeds'} must be >= 0, got {negative[0]}")
         return seeds
 
     def _starts(self, picks: np.ndarray) -> tuple[State, dict[str, Tensor]]:

@@ -19,6 +19,10 @@ from typing import Any
 import numpy as np
 
 SPEC_VERSION = 1
+OBSERVATION_MODES = ("pixels", "latent")
+"""How a dream is observed, the one list every door checks against: "pixels" (image, plus the vector when
+the spec has one) or "latent" (the model's features; LatentWorldModel backends only). Here, torch-free,
+so the client and remote env can read it without importing torch."""
 ACTION_TOLERANCE = 1e-6
 """How far past a box bound an action may lie and still be accepted (then clipped): float32
 rounding of a bound, not a user's error."""
@@ -275,7 +279,11 @@ class EnvSpec:
     # -- checks -----------------------------------------------------------
     def check_action(self, action: Any) -> np.ndarray:
         """One action as stores and models keep it, or ValueError saying what was expected."""
-        return self.action.check_batch(np.asarray(_numpy(action))[None])[0]
+        array = np.asarray(_numpy(action))
+        if array.shape != self.action.store_shape:
+            raise ValueError(f"expected one action of {self.action.describe()}: shape {self.action.store_shape}, "
+                             f"got shape {array.shape}")
+        return self.action.check_batch(array[None])[0]
 
     def check_actions(self, actions: Any, batch: int | None = None) -> np.ndarray:
         """A batch of actions as stores and models keep them, or ValueError; see ActionSpec.check_batch."""
