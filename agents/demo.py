@@ -198,18 +198,32 @@ class Demo:
 
 
 def render_report(out: Path, record: dict, config: DemoConfig) -> str:
-    from worldmodel.data import EpisodeStore
-    from worldmodel.data.summary import format_summary, summarize
-
+    """report.md: one section a function, in the order a reader wants them."""
     stages = record["stages"]
-    scores = stages["evaluate"]["scores"]
-    serve = stages["serve"]
-    fidelity = stages["train"]["eval_model"]
-    lines = [
+    sections = [
+        _title_section(config),
+        _scores_section(stages, config),
+        _pictures_section(),
+        _heldout_section(stages["train"]["eval_model"]),
+        _service_section(stages["serve"]),
+        _data_section(out),
+        _timing_section(stages),
+        _scaling_section(config),
+    ]
+    return "\n".join(line for section in sections for line in [*section, ""])
+
+
+def _title_section(config: DemoConfig) -> list[str]:
+    return [
         f"# worldmodel demo: {config.env_id}",
         "",
         "A controller evolved only inside the learned dream, judged in the real environment.",
-        "",
+    ]
+
+
+def _scores_section(stages: dict, config: DemoConfig) -> list[str]:
+    scores = stages["evaluate"]["scores"]
+    lines = [
         "## Scores in the real environment",
         "",
         f"Episodes with seeds {scores['random']['seeds'][0]}..{scores['random']['seeds'][-1]}, at most "
@@ -218,15 +232,18 @@ def render_report(out: Path, record: dict, config: DemoConfig) -> str:
         "| policy | mean return | std | per episode |",
         "| --- | ---: | ---: | --- |",
     ]
-    for policy in ("controller", "random"):
+    for policy, label in (("controller", "C, trained only in the dream"), ("random", "random")):
         s = scores[policy]
-        label = "C, trained only in the dream" if policy == "controller" else "random"
         lines.append(f"| {label} | {s['mean']:.2f} | {s['std']:.2f} | {', '.join(f'{x:.1f}' for x in s['returns'])} |")
-    lines += [
+    controller = stages["controller"]
+    return lines + [
         "",
-        f"Best return in the dream: {stages['controller']['best_dream_return']:.2f} "
-        f"({stages['controller']['generations']} CMA-ES generations).",
-        "",
+        f"Best return in the dream: {controller['best_dream_return']:.2f} ({controller['generations']} CMA-ES generations).",
+    ]
+
+
+def _pictures_section() -> list[str]:
+    return [
         "## Pictures",
         "",
         "Real (left) and the V-M-C dream (right) from the same start and the same actions:",
@@ -242,7 +259,11 @@ def render_report(out: Path, record: dict, config: DemoConfig) -> str:
         "![reconstruction](vae_reconstruction.gif)",
         "",
         "Loss curves: ![V](vae/loss.png) ![M](mdnrnn/loss.png) ![CMA-ES](cmaes/cmaes.png)",
-        "",
+    ]
+
+
+def _heldout_section(fidelity: dict) -> list[str]:
+    return [
         "## The models on held-out episodes",
         "",
         "| metric | model | trivial baseline |",
@@ -251,86 +272,64 @@ def render_report(out: Path, record: dict, config: DemoConfig) -> str:
         f"| M next-z NLL | {fidelity['m_nll']:.3f} | {fidelity['m_nll_copy']:.3f} (copy z_t) |",
         f"| M reward MSE | {fidelity['reward_mse']:.5f} | {fidelity['reward_mse_mean']:.5f} (mean reward) |",
         f"| M termination accuracy | {fidelity['termination_accuracy']:.4f} | {fidelity['termination_accuracy_never']:.4f} (never ends) |",
-        "",
+    ]
+
+
+def _service_section(serve: dict) -> list[str]:
+    return [
         "## The service",
         "",
         f"`worldmodel serve` on {serve['address']}: one remote episode of {serve['steps']} steps through "
         f"`worldmodel/Remote-v0` ({serve['steps_per_second']:.0f} steps/s, dream return {serve['dream_return']:.2f}); "
         f"the server drained and exited with code {serve['server_exit_code']} on SIGTERM.",
-        "",
-        "## The data",
-        "",
-        "```",
-        format_summary(summarize(EpisodeStore.open(str(out / "store.zarr")))),
-        "```",
-        "",
-        "## Time per stage",
-        "",
-        "| stage | seconds |",
-        "| --- | ---: |",
     ]
+
+
+def _data_section(out: Path) -> list[str]:
+    from worldmodel.data import EpisodeStore
+    from worldmodel.data.summary import format_summary, summarize
+
+    return ["## The data", "", "```", format_summary(summarize(EpisodeStore.open(str(out / "store.zarr")))), "```"]
+
+
+def _timing_section(stages: dict) -> list[str]:
+    lines = ["## Time per stage", "", "| stage | seconds |", "| --- | ---: |"]
     lines += [f"| {name} | {info['seconds']:.1f} |" for name, info in stages.items()]
-    total = sum(info["seconds"] for info in stages.values())
-    lines += [
-        f"| total | {total:.1f} |",
-        "",
+    return lines + [f"| total | {sum(info['seconds'] for info in stages.values()):.1f} |"]
+
+
+def _scaling_section(config: DemoConfig) -> list[str]:
+    submit = "RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 -- \\"
+    return [
         "## Scaling each stage up",
         "",
         "```bash",
         f"worldmodel collect --env {config.env_id} --episodes 10000 --max-steps 1000 --workers 64 --out s3://bucket/store.zarr",
-        "RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 -- \\",
+        submit,
         "    worldmodel train vae --store s3://bucket/store.zarr --out /shared/runs/vae --preset paper --workers 8 --gpus-per-worker 1",
-        "RAY_AUTH_MODE=token ray job submit --address http://HEAD:8265 -- \\",
+        submit,
         "    worldmodel train mdnrnn --store s3://bucket/store.zarr --vae /shared/runs/vae --out /shared/runs/mdnrnn --preset paper --workers 8 --gpus-per-worker 1",
         "worldmodel bundle --vae /shared/runs/vae --mdnrnn /shared/runs/mdnrnn --store s3://bucket/store.zarr --out /shared/bundle",
         "worldmodel train controller --bundle /shared/bundle --out /shared/runs/cmaes --preset paper --workers 32",
         "worldmodel eval --bundle /shared/bundle --episodes 100 --out /shared/runs/eval",
         "worldmodel serve carracing=/shared/bundle --port 50051",
         "```",
-        "",
     ]
-    return "\n".join(lines)
+
+
+PAGE_STYLE = (
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+    "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%;image-rendering:pixelated}pre{background:#f4f4f4;padding:1em}"
+)
 
 
 def markdown_page(text: str, title: str) -> str:
-    """A self-contained HTML page of the report (headings, tables, images, code), no extra dependency."""
-    body, in_code, table = [], False, []
+    """A self-contained HTML page of the report: Python-Markdown with its tables and fenced_code extensions."""
+    import markdown
 
-    def flush_table() -> None:
-        if table:
-            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-", ":", " "}]
-            cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
-            head = "".join(f"<th>{inline(c)}</th>" for c in cells[0])
-            rest = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
-            body.append(f"<table><tr>{head}</tr>{rest}</table>")
-            table.clear()
-
-    def inline(s: str) -> str:
-        s = html.escape(s)
-        s = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", r'<img alt="\1" src="\2">', s)
-        return re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
-
-    for line in text.splitlines():
-        if line.startswith("```"):
-            flush_table()
-            body.append("</pre>" if in_code else "<pre>")
-            in_code = not in_code
-        elif in_code:
-            body.append(html.escape(line))
-        elif line.startswith("|"):
-            table.append(line)
-        else:
-            flush_table()
-            if line.startswith("#"):
-                level = len(line) - len(line.lstrip("#"))
-                body.append(f"<h{level}>{inline(line.lstrip('# '))}</h{level}>")
-            elif line.strip():
-                body.append(f"<p>{inline(line)}</p>")
-    flush_table()
-    style = "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}" \
-            "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:100%;image-rendering:pixelated}pre{background:#f4f4f4;padding:1em}"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>\n" + \
-        "\n".join(body) + "\n</body></html>\n"
+    body = markdown.markdown(text, extensions=["tables", "fenced_code"])
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{PAGE_STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
 DEMO_PRESETS = {"tiny": TINY, "small": DemoConfig()}

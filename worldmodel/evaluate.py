@@ -21,23 +21,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from worldmodel.data import EpisodeStore
+from worldmodel.data import EpisodeStore, StoreError
 from worldmodel.models.images import to_model_input
 from worldmodel.models.mdnrnn import gmm_nll
 from worldmodel.models.world import Context
 
 
 def evaluate_vmc(bundle: str, heldout: str, *, max_episodes: int = 100, out: str | None = None) -> dict[str, Any]:
-    from worldmodel.bundle import BundleError, load_bundle
+    from worldmodel.bundle import load_bundle
 
     model = load_bundle(bundle, "vmc")
-    store = EpisodeStore.open(heldout)
-    if store.spec != model.spec:
-        raise BundleError(f"{heldout} holds another spec than bundle {bundle}")
+    store = _heldout_store(heldout, model.spec, bundle)
     refs = [ref for ref in store.episodes if ref.length >= 2][:max_episodes]
     if not refs:
-        raise ValueError(f"{heldout} has no episode of 2 or more steps to evaluate on")
-    episodes = [store.read_episode(ref) for ref in refs]
+        raise StoreError(f"{heldout} has no episode of 2 or more steps to evaluate on")
+    keys = ("image", "action", "reward", "terminated") + (("vector",) if store.spec.vector is not None else ())
+    episodes = [store.read_episode(ref, keys) for ref in refs]
     mean_frame = np.mean([e["image"].mean(axis=0) for e in episodes], axis=0) / 255.0
     mean_reward = float(np.concatenate([e["reward"] for e in episodes]).mean())
 
@@ -118,6 +117,11 @@ def format_vmc_report(result: dict[str, Any]) -> str:
 # -- frame fidelity: diffusion vs V-M-C vs copy-last-frame --------------------------------------
 
 FIDELITY_HORIZONS = (1, 4, 16)
+GIF_COLUMNS = ("vmc", "diffusion")
+"""The dreams shown beside the real frames in real_vmc_diffusion.gif, left to right."""
+
+Start = tuple[int, int]
+"""(episode index, s): s is the index of the last real context frame."""
 
 
 def evaluate_fidelity(
@@ -140,56 +144,89 @@ def evaluate_fidelity(
     s + h. With `out`, writes out/real_vmc_diffusion.gif: real | VMC dream | diffusion dream from the
     start with the longest real continuation (up to the longest horizon), under the same actions.
     """
-    import piq
-
-    from worldmodel.bundle import BundleError, load_bundle, read_bundle_config
+    from worldmodel.bundle import read_bundle_config
 
     config = read_bundle_config(bundle)
-    models = {name: load_bundle(bundle, name) for name in ("diffusion", "vmc") if name in config["backends"]}
-    if sampling_steps is not None and "diffusion" in models:
-        models["diffusion"].sampling_steps = int(sampling_steps)
-    store = EpisodeStore.open(heldout)
-    if store.spec != config["spec"]:
-        raise BundleError(f"{heldout} holds another spec than bundle {bundle}")
+    models = _fidelity_models(bundle, config["backends"], sampling_steps)
+    store = _heldout_store(heldout, config["spec"], bundle)
     length = max([m.context_length for m in models.values() if hasattr(m, "context_length")] + [int(config["context_length"])])
     refs = [ref for ref in store.episodes if ref.length >= length + 1][:max_episodes]
     if not refs:
-        raise ValueError(f"{heldout} has no episode of {length + 1} or more steps to evaluate on")
-    episodes = [store.read_episode(ref) for ref in refs]
+        raise StoreError(f"{heldout} has no episode of {length + 1} or more steps to evaluate on")
+    keys = ("image", "action") + (("vector",) if store.spec.vector is not None else ())
+    episodes = [store.read_episode(ref, keys) for ref in refs]
     longest = max(horizons)
-    # Starts s (the index of the last context frame), spread evenly, at most max_starts of them.
+    starts = spread_starts(episodes, length, max_starts)
+    start_context = context_at(episodes, starts, keys, length)
+    actions = np.stack([window(episodes[e]["action"], s, 0, longest) for e, s in starts])  # a_s ... a_{s+H-1}
+    real = np.stack([window(episodes[e]["image"], s, 1, longest) for e, s in starts])  # x_{s+1} ... x_{s+H}
+    valid = np.array([[s + h < len(episodes[e]["image"]) for h in range(1, longest + 1)] for e, s in starts])
+    predictions = {"copy last frame": np.repeat(start_context.frames[:, -1:], longest, axis=1)}
+    predictions.update({name: dream_frames(model, start_context, actions, seed) for name, model in models.items()})
+    result: dict[str, Any] = {"horizons": list(horizons), "starts": len(starts), "episodes": len(refs),
+                              "rows": score_predictions(real, predictions, valid, horizons)}
+    if "diffusion" in models:
+        result["sampling_steps"] = models["diffusion"].sampling_steps
+    if out is not None:
+        result.update(_fidelity_gif(Path(out), real, predictions, valid))
+    return result
+
+
+def _fidelity_models(bundle: str, backends: list[str], sampling_steps: int | None) -> dict[str, Any]:
+    """The bundle's world models by backend, diffusion first, with its Euler steps set when given."""
+    from worldmodel.bundle import load_bundle
+
+    models = {name: load_bundle(bundle, name) for name in ("diffusion", "vmc") if name in backends}
+    if sampling_steps is not None and "diffusion" in models:
+        models["diffusion"].sampling_steps = int(sampling_steps)
+    return models
+
+
+def _heldout_store(heldout: str, spec, bundle: str) -> EpisodeStore:
+    from worldmodel.bundle import BundleError
+
+    store = EpisodeStore.open(heldout)
+    if store.spec != spec:
+        raise BundleError(f"{heldout} holds another spec than bundle {bundle}")
+    return store
+
+
+def spread_starts(episodes: list[dict[str, np.ndarray]], length: int, max_starts: int) -> list[Start]:
+    """At most max_starts starts (e, s), spread evenly over every s with L real frames up to s and a real s + 1."""
     starts = [(e, s) for e, ep in enumerate(episodes) for s in range(length - 1, len(ep["image"]) - 1)]
     picks = np.linspace(0, len(starts) - 1, num=min(max_starts, len(starts))).round().astype(int)
-    starts = [starts[i] for i in sorted(set(picks.tolist()))]
+    return [starts[i] for i in sorted(set(picks.tolist()))]
 
-    def window(key: str, e: int, s: int, first: int, count: int) -> np.ndarray:
-        """episodes[e][key][s + first : s + first + count], padded with its last row past the end."""
-        values = episodes[e][key]
-        rows = [values[min(s + first + i, len(values) - 1)] for i in range(count)]
-        return np.stack(rows)
 
-    def context(keys) -> Context:
-        picked = {k: np.stack([window(k, e, s, 1 - length, length) for e, s in starts]) for k in keys}
-        return Context(picked["image"], picked["action"], picked.get("vector"))
+def window(values: np.ndarray, s: int, first: int, count: int) -> np.ndarray:
+    """values[s + first : s + first + count], padded with its last row past the end."""
+    rows = [values[min(s + first + i, len(values) - 1)] for i in range(count)]
+    return np.stack(rows)
 
-    keys = ("image", "action") + (("vector",) if store.spec.vector is not None else ())
-    start_context = context(keys)
-    actions = np.stack([window("action", e, s, 0, longest) for e, s in starts])  # a_s ... a_{s+H-1}
-    real = np.stack([window("image", e, s, 1, longest) for e, s in starts])  # x_{s+1} ... x_{s+H}
-    valid = np.array([[s + h < len(episodes[e]["image"]) for h in range(1, longest + 1)] for e, s in starts])
 
-    predictions: dict[str, np.ndarray] = {"copy last frame": np.repeat(start_context.frames[:, -1:], longest, axis=1)}
-    for name, model in models.items():
-        state = model.initial_state(start_context)
-        frames = []
-        for t in range(longest):
-            generators = [torch.Generator(device=model.device).manual_seed(seed + 1000 * t + i) for i in range(len(starts))]
-            state, transition = model.step(state, torch.as_tensor(actions[:, t], device=model.device), generators)
-            frames.append(transition.image.cpu().numpy())
-        predictions[name] = np.stack(frames, axis=1)
+def context_at(episodes: list[dict[str, np.ndarray]], starts: list[Start], keys: tuple[str, ...], length: int) -> Context:
+    """The real context of each start: its last L frames (and actions, vectors), frame s the newest."""
+    picked = {k: np.stack([window(episodes[e][k], s, 1 - length, length) for e, s in starts]) for k in keys}
+    return Context(picked["image"], picked["action"], picked.get("vector"))
 
-    def unit(x: np.ndarray) -> Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0
+
+def dream_frames(model, context: Context, actions: np.ndarray, seed: int) -> np.ndarray:
+    """Frames [B, H_max, H, W, C] uint8 the model dreams from the contexts under the real actions
+    [B, H_max(, A)]; row i at step t draws from its own generator, seeded seed + 1000 t + i."""
+    state = model.initial_state(context)
+    frames = []
+    for t in range(actions.shape[1]):
+        generators = [torch.Generator(device=model.device).manual_seed(seed + 1000 * t + i) for i in range(len(actions))]
+        state, transition = model.step(state, torch.as_tensor(actions[:, t], device=model.device), generators)
+        frames.append(transition.image.cpu().numpy())
+    return np.stack(frames, axis=1)
+
+
+def score_predictions(
+    real: np.ndarray, predictions: dict[str, np.ndarray], valid: np.ndarray, horizons: tuple[int, ...]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """{predictor: {horizon: {psnr, ssim, frames}}} over the starts valid at that horizon (piq)."""
+    import piq
 
     rows: dict[str, dict[str, dict[str, float]]] = {}
     for name, predicted in predictions.items():
@@ -198,24 +235,30 @@ def evaluate_fidelity(
             mask = valid[:, h - 1]
             if not mask.any():
                 continue
-            target, guess = unit(real[mask, h - 1]), unit(predicted[mask, h - 1])
+            target, guess = _unit_images(real[mask, h - 1]), _unit_images(predicted[mask, h - 1])
             rows[name][str(h)] = {
                 "psnr": float(piq.psnr(guess, target, data_range=1.0, reduction="none").clamp(max=100.0).mean()),
                 "ssim": float(piq.ssim(guess, target, data_range=1.0, reduction="none").mean()),
                 "frames": int(mask.sum()),
             }
-    result: dict[str, Any] = {"horizons": list(horizons), "starts": len(starts), "episodes": len(refs), "rows": rows}
-    if "diffusion" in models:
-        result["sampling_steps"] = models["diffusion"].sampling_steps
-    if out is not None:
-        from worldmodel.media import save_gif, side_by_side
+    return rows
 
-        row = int(valid.sum(axis=1).argmax())  # the start with the longest real continuation
-        steps = int(valid[row].sum())
-        videos = [real[row, :steps]] + [predictions[n][row, :steps] for n in ("vmc", "diffusion") if n in predictions]
-        result["gif"] = str(save_gif(Path(out) / "real_vmc_diffusion.gif", side_by_side(videos, scale=3), fps=5))
-        result["gif_columns"] = ["real"] + [n for n in ("vmc", "diffusion") if n in predictions]
-    return result
+
+def _unit_images(x: np.ndarray) -> Tensor:
+    """uint8 [N, H, W, C] -> float [N, C, H, W] in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def _fidelity_gif(out: Path, real: np.ndarray, predictions: dict[str, np.ndarray], valid: np.ndarray) -> dict[str, Any]:
+    """out/real_vmc_diffusion.gif from the start with the longest real continuation; its path and columns."""
+    from worldmodel.media import save_gif, side_by_side
+
+    row = int(valid.sum(axis=1).argmax())
+    steps = int(valid[row].sum())
+    shown = [name for name in GIF_COLUMNS if name in predictions]
+    videos = [real[row, :steps]] + [predictions[name][row, :steps] for name in shown]
+    gif = save_gif(out / "real_vmc_diffusion.gif", side_by_side(videos, scale=3), fps=5)
+    return {"gif": str(gif), "gif_columns": ["real", *shown]}
 
 
 def format_fidelity_table(result: dict[str, Any]) -> str:
