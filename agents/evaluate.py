@@ -105,6 +105,24 @@ def evaluate(
     return result
 
 
+def judge_controller(bundle: str, episodes: int, *, seed: int = 10_000, max_steps: int = 1000,
+                     workers: int = 2) -> EvalResult:
+    """The bundle's controller on real episodes seeded seed, seed + 1, ...: what `evaluate` measures, with
+    the episodes spread over Ray workers that each step theirs as one batch (agents/real_fitness.py)."""
+    from agents.real_fitness import RealFitness
+    from worldmodel.bundle import load_controller
+
+    seeds = np.arange(seed, seed + episodes)
+    params = load_controller(bundle).get_flat().numpy()[None].repeat(episodes, axis=0)
+    per_worker = -(-episodes // max(1, workers))
+    fitness = RealFitness(bundle, rollouts=1, max_steps=max_steps, workers=workers, envs_per_worker=per_worker)
+    try:
+        returns = fitness.episode_returns(params, seeds, patience=0)
+    finally:
+        fitness.close()
+    return EvalResult("controller", seeds.tolist(), returns.tolist())
+
+
 def _predicted_beside_real(model, state, action, observation):
     """(real frame t, the dream's guess of frame t+1 from here): what the model expects next."""
     action_t = torch.as_tensor(np.asarray(action)[None])

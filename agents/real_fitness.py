@@ -192,22 +192,26 @@ class RealFitness:
         rollouts = rollouts or self.rollouts
         population = len(params)
         env_seeds = np.random.default_rng(seed).integers(*TRAINING_SEEDS, size=rollouts)
-        job_params = np.repeat(params, rollouts, axis=0)  # candidate-major: job p * rollouts + r
-        job_seeds = np.tile(env_seeds, population)
+        # Candidate-major jobs: job p * rollouts + r.
+        returns = self.episode_returns(np.repeat(params, rollouts, axis=0), np.tile(env_seeds, population))
+        return returns.reshape(population, rollouts).mean(axis=1)
+
+    def episode_returns(self, params: np.ndarray, seeds: np.ndarray, patience: int | None = None) -> np.ndarray:
+        """The return of each job j (controller params[j] on the episode seeded seeds[j]), split over the workers.
+        Judging passes `patience=0`: every episode runs to its end."""
+        patience = self.patience if patience is None else patience
         if self.local is not None:
-            done = [self.local.run(job_params, job_seeds, self.max_steps, self.patience)]
-            order = [np.arange(len(job_seeds))]
+            done, order = [self.local.run(params, seeds, self.max_steps, patience)], [np.arange(len(seeds))]
         else:
             import ray
 
-            order = [o for o in np.array_split(np.arange(len(job_seeds)), len(self.actors)) if len(o)]
-            done = ray.get([a.run.remote(job_params[o], job_seeds[o], self.max_steps, self.patience)
-                            for a, o in zip(self.actors, order)])
-        returns = np.zeros(len(job_seeds))
+            order = [o for o in np.array_split(np.arange(len(seeds)), len(self.actors)) if len(o)]
+            done = ray.get([a.run.remote(params[o], seeds[o], self.max_steps, patience) for a, o in zip(self.actors, order)])
+        returns = np.zeros(len(seeds))
         for rows, result in zip(order, done):
             returns[rows] = result.returns
             self.steps += result.steps
-        return returns.reshape(population, rollouts).mean(axis=1)
+        return returns
 
     def close(self) -> None:
         import ray

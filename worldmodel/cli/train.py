@@ -1,4 +1,4 @@
-"""`worldmodel train vae|mdnrnn|diffusion|controller|rllib`: one function per trainer, the shared
+"""`worldmodel train vae|mdnrnn|diffusion|controller|loop|rllib`: one function per trainer, the shared
 flags from `add_training_arguments`."""
 
 from __future__ import annotations
@@ -8,8 +8,11 @@ import os
 from pathlib import Path
 
 from worldmodel.cli.common import (
-    CliError, Subparsers, TrainingFlags, add_command, add_training_arguments, model_dir, positive_float, positive_int,
+    CliError, Subparsers, TrainingFlags, add_command, add_training_arguments, bounded_number, model_dir,
+    non_negative_float, non_negative_int, positive_float, positive_int,
 )
+
+dropout_rate = bounded_number(float, 0.0, maximum=0.99)
 
 RAY_TRAIN_OUTPUTS = "Writes: --out (metrics.csv, loss.png, model/ and Ray checkpoints)"
 CMAES_FLAGS = TrainingFlags(
@@ -17,6 +20,11 @@ CMAES_FLAGS = TrainingFlags(
     workers_help="Ray workers sharing each generation", workers_default=None,
     gpus_help="GPUs per Ray worker; 0: the dreams run on the CPU",
     resume_help="continue from the last generation in --out",
+)
+LOOP_FLAGS = TrainingFlags(
+    length_flag="--generations", length_help="CMA-ES generations a round",
+    workers_help="Ray workers for collection, training and CMA-ES", workers_default=2,
+    gpus_help="GPUs per Ray worker", resume_help="continue after the last finished round in --out",
 )
 RLLIB_FLAGS = TrainingFlags(
     length_flag="--iterations", length_help="RLlib training iterations",
@@ -29,7 +37,7 @@ RLLIB_FLAGS = TrainingFlags(
 def add_train_command(subparsers: Subparsers) -> None:
     train = subparsers.add_parser(
         "train",
-        help="train a model on Ray (vae | mdnrnn | diffusion | controller | rllib)",
+        help="train a model on Ray (vae | mdnrnn | diffusion | controller | loop | rllib)",
         description="Train one model on Ray (embedded Ray on 127.0.0.1, or the cluster of `ray job submit`). "
         "Every trainer takes --preset tiny|small|paper, its length (--max-steps, --generations or "
         "--iterations), --workers, --gpus-per-worker, --resume, --seed and --out.",
@@ -39,6 +47,7 @@ def add_train_command(subparsers: Subparsers) -> None:
     add_train_mdnrnn(models)
     add_train_diffusion(models)
     add_train_controller(models)
+    add_train_loop(models)
     add_train_rllib(models)
 
 
@@ -57,13 +66,16 @@ def add_train_vae(models: Subparsers) -> None:
         "Time: tiny about 20 s; small about 10 min on 2 CPUs (2,000 steps); paper: GPU hours (plus 30 s Ray start-up).",
     )
     _add_store_argument(parser)
+    parser.add_argument("--init-from", default="", metavar="RUN",
+                        help="start from this `train vae` run's weights (fine-tuning), keeping its sizes")
     add_training_arguments(parser)
 
 
 def run_train_vae(args: argparse.Namespace) -> None:
     from worldmodel.train.vae import train_vae
 
-    target = train_vae(args.store, launch_options(args), preset=args.preset, max_steps=args.max_steps, seed=args.seed)
+    target = train_vae(args.store, launch_options(args), preset=args.preset, max_steps=args.max_steps, seed=args.seed,
+                       init_from=args.init_from)
     print_run(target, args.out)
 
 
@@ -72,13 +84,22 @@ def add_train_mdnrnn(models: Subparsers) -> None:
         models, "mdnrnn", run_train_mdnrnn,
         help="train M, the MDN-RNN, on V's latents",
         description="Train M, the MDN-RNN, on V's latents. Reads: --store (one or more) and --vae. "
-        f"{RAY_TRAIN_OUTPUTS}; and STORE.latents.zarr beside each store (a cache). "
+        f"{RAY_TRAIN_OUTPUTS}; and V's latents of each store under --out/latents (a cache). "
         "Time: tiny about 25 s; small about 5 min on 2 CPUs; paper: GPU hours (plus 30 s Ray start-up).",
     )
     _add_store_argument(parser)
     parser.add_argument("--vae", required=True, help="the `train vae` run directory")
     parser.add_argument("--predict-delta", action="store_true",
                         help="predict z(t+1) - z(t) rather than z(t+1) (not in the paper; see MDNRNNConfig)")
+    parser.add_argument("--reward-from-next", action="store_true",
+                        help="the reward head reads the next latent and vector, so the dream pays for what it shows")
+    parser.add_argument("--dropout", type=dropout_rate, default=None, help="dropout on M's input and LSTM output")
+    parser.add_argument("--dream-dropout", action="store_true",
+                        help="keep that dropout on while dreaming (Dropout's Dream Land)")
+    parser.add_argument("--window", type=positive_int, default=None,
+                        help="steps per training sequence (default: the preset's; the dream's horizon is the guide)")
+    parser.add_argument("--init-from", default="", metavar="RUN",
+                        help="start from this `train mdnrnn` run's weights (fine-tuning), keeping its sizes")
     add_training_arguments(parser)
 
 
@@ -91,9 +112,13 @@ def run_train_mdnrnn(args: argparse.Namespace) -> None:
         load_pretrained(vae_dir, expected="ConvVAE")  # a wrong directory fails here, before Ray starts
     except ValueError as err:
         raise CliError(f"--vae {args.vae}: {err}") from err
+    options = {"predict_delta": args.predict_delta, "reward_from_next": args.reward_from_next,
+               "dream_dropout": args.dream_dropout}
+    if args.dropout is not None:
+        options["dropout"] = args.dropout
     target = train_mdnrnn(
-        args.store, vae_dir, launch_options(args),
-        preset=args.preset, max_steps=args.max_steps, seed=args.seed, predict_delta=args.predict_delta,
+        args.store, vae_dir, launch_options(args), preset=args.preset, max_steps=args.max_steps, seed=args.seed,
+        window=args.window, init_from=args.init_from, **options,
     )
     print_run(target, args.out)
 
@@ -138,37 +163,88 @@ def print_run(target: Path, out: str) -> None:
 def add_train_controller(models: Subparsers) -> None:
     parser = add_command(
         models, "controller", run_train_controller,
-        help="evolve C with CMA-ES inside the dream",
-        description="CMA-ES evolves the controller in the bundle's dream; each generation is one batched dream "
-        "of population x rollouts envs (latent observations). Reads: --bundle. Writes: --out (cmaes.csv, "
-        "cmaes.png, controller/) and controller.safetensors into the bundle. Time: tiny seconds; small a few "
-        "minutes on 2 CPUs; paper: hours (2,000 generations in the paper).",
+        help="evolve C with CMA-ES, in the dream (default) or in the real env (--in real)",
+        description="CMA-ES evolves the controller C on V and M's features. --in dream: each generation is one "
+        "batched dream of population x rollouts envs (latent observations). --in real: the paper's procedure for "
+        "CarRacing: each candidate drives the bundle's REAL source env, rollouts run in Ray workers that each "
+        "hold --envs-per-worker envs and V and M; --patience N ends a rollout after N steps without a positive "
+        "reward (off by default). Reads: --bundle. Writes: --out (cmaes.csv, cmaes.png, controller/) and "
+        "controller.safetensors into the bundle. Time: dream: tiny seconds, small a few minutes on 2 CPUs, paper "
+        "hours; real: tiny seconds (CartPole), small about 30-45 minutes on 2 CPUs (CarRacing), paper: a cluster.",
     )
     parser.add_argument("--bundle", required=True)
+    parser.add_argument("--in", dest="where", default="dream", choices=("dream", "real"),
+                        help="where candidates are judged (default: dream)")
     add_training_arguments(parser, CMAES_FLAGS)
     parser.add_argument("--population", type=positive_int, default=None, help="candidates per generation")
-    parser.add_argument("--rollouts", type=positive_int, default=None, help="dreams per candidate")
+    parser.add_argument("--rollouts", type=positive_int, default=None, help="rollouts per candidate")
     parser.add_argument("--temperature", type=positive_float, default=None, help="tau while dreaming (paper: 1.15)")
-    parser.add_argument("--max-steps", type=positive_int, default=None, help="steps per dream rollout")
+    parser.add_argument("--max-steps", type=positive_int, default=None, help="steps per rollout")
+    parser.add_argument("--envs-per-worker", type=positive_int, default=None, help="real envs a worker steps as a batch")
+    parser.add_argument("--patience", type=non_negative_int, default=None,
+                        help="--in real: end a rollout after this many steps without a positive reward (0: never)")
+    parser.add_argument("--start", default=None, choices=("data", "zero", "controller"),
+                        help="the first CMA-ES mean: the data's mean action (default), zeros, or the bundle's C")
 
 
 def run_train_controller(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
-    from agents.cmaes import PRESETS, train_controller
+    from agents.cmaes import preset, train_controller
 
     chosen = {
         "generations": args.generations, "population": args.population, "rollouts": args.rollouts,
         "temperature": args.temperature, "max_steps": args.max_steps, "seed": args.seed, "workers": args.workers,
-        "gpus_per_worker": args.gpus_per_worker,
+        "gpus_per_worker": args.gpus_per_worker, "envs_per_worker": args.envs_per_worker, "patience": args.patience,
+        "start": args.start,
     }
-    config = replace(PRESETS[args.preset], **{k: v for k, v in chosen.items() if v is not None})
+    config = replace(preset(args.where, args.preset), **{k: v for k, v in chosen.items() if v is not None})
     try:
         result = train_controller(args.bundle, args.out, config, resume=args.resume)
     except FileExistsError as err:  # an earlier run in --out, and no --resume
         raise CliError(str(err)) from err
-    print(f"best return in the dream: {result['best_dream_return']:.2f} after {result['generations']} generations")
+    print(f"best return in the {args.where}: {result[f'best_{args.where}_return']:.2f} "
+          f"after {result['generations']} generations")
     print(f"controller saved into {args.bundle}; curve: {result['curve']}")
+
+
+def add_train_loop(models: Subparsers) -> None:
+    parser = add_command(
+        models, "loop", run_train_loop,
+        help="rounds of: collect with C -> fine-tune V and M -> evolve C in the dream -> judge in the real env",
+        description="Dreams that transfer: each round collects real episodes with the current controller (plus "
+        "exploration noise, and a share by the store's collection policy) into new parts of --store, fine-tunes V "
+        "and M from their previous weights, evolves C in the new dream from the previous C, and judges it on "
+        "held-out real episodes. Reads: --bundle (left as it is) and --store (grown). Writes: --out (round_<r>/, "
+        "rounds.csv, rounds.png, bundle/: the last round's). Time: a few minutes a round on 2 CPUs at small.",
+    )
+    parser.add_argument("--store", required=True, help="the episode store the bundle was trained on (grown)")
+    parser.add_argument("--bundle", required=True, help="the bundle to start from")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="rounds to run (default: 3)")
+    add_training_arguments(parser, LOOP_FLAGS)
+    parser.add_argument("--episodes", type=positive_int, default=16, help="real episodes collected a round")
+    parser.add_argument("--noise", type=non_negative_float, default=0.1, help="exploration noise on C's actions")
+    parser.add_argument("--vae-steps", type=non_negative_int, default=300, help="V's fine-tuning steps a round (0: keep V)")
+    parser.add_argument("--mdnrnn-steps", type=positive_int, default=600, help="M's fine-tuning steps a round")
+    parser.add_argument("--judge-episodes", type=positive_int, default=5, help="held-out real episodes judging each round")
+
+
+def run_train_loop(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from agents.loop import LoopConfig, run_loop
+
+    base = LoopConfig()
+    cmaes = replace(base.cmaes, generations=args.generations or base.cmaes.generations)
+    config = LoopConfig(rounds=args.rounds, episodes=args.episodes, noise=args.noise, vae_steps=args.vae_steps,
+                        mdnrnn_steps=args.mdnrnn_steps, preset=args.preset, cmaes=cmaes,
+                        judge_episodes=args.judge_episodes, workers=args.workers, seed=args.seed)
+    try:
+        final = run_loop(args.store, args.bundle, args.out, config, resume=args.resume)
+    except FileExistsError as err:
+        raise CliError(str(err)) from err
+    print(f"rounds: {os.path.join(args.out, 'rounds.csv')} ({os.path.join(args.out, 'rounds.png')})")
+    print(f"bundle: {final}")
 
 
 def add_train_rllib(models: Subparsers) -> None:

@@ -94,5 +94,15 @@ class VectorNorm:
     def denormalize(self, vector: Tensor) -> Tensor:
         return vector * self.std + self.mean
 
+    def context_tensors(self, context) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A Context's frames [B, L, H, W, C], actions [B, L(, A)] and normalised vectors [B, L, D] (or None)
+        as tensors on the device: what every backend's initial_state starts from."""
+        frames = torch.as_tensor(context.frames, device=self.device)
+        actions = torch.as_tensor(context.actions, device=self.device)
+        vectors = self.normalize(context.vectors)
+        if self.has_vector and vectors is None:
+            raise ValueError("this model's spec has a vector observation: the context needs vectors")
+        return frames, actions, vectors
+
 
 __all__ = ["VECTOR_NORM_FILE", "VectorNorm", "VectorStats"]

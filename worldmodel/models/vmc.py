@@ -77,13 +77,9 @@ class VMCWorldModel:
     @torch.no_grad()
     def initial_state(self, context: Context) -> State:
         """Encode the L context frames; M reads the first L-1 steps so h knows the recent past."""
-        frames = torch.as_tensor(context.frames, device=self.device)
+        frames, actions, vectors = self.vector_norm.context_tensors(context)
         b, length = frames.shape[:2]
         z = self.encode(frames)
-        actions = torch.as_tensor(context.actions, device=self.device)
-        vectors = self.normalize_vector(context.vectors)
-        if self.spec.vector is not None and vectors is None:
-            raise ValueError("this model's spec has a vector observation: the context needs vectors")
         h, c = self.mdnrnn.initial_state(b, self.device)
         if length > 1:
             _, (h, c) = self.mdnrnn(z[:, :-1], actions[:, :-1], None if vectors is None else vectors[:, :-1], (h, c))

@@ -64,15 +64,11 @@ class DiffusionWorldModel:
     @torch.no_grad()
     def initial_state(self, context: Context) -> State:
         """The last L context frames; the head's LSTM reads every context step but the newest."""
-        frames = torch.as_tensor(context.frames, device=self.device)
+        frames, actions, vectors = self.vector_norm.context_tensors(context)
         b, length = frames.shape[:2]
         big_l = self.context_length
         if length < big_l:
             raise ValueError(f"this model conditions on {big_l} frames: the context has {length}")
-        actions = torch.as_tensor(context.actions, device=self.device)
-        vectors = self.normalize_vector(context.vectors)
-        if self.spec.vector is not None and vectors is None:
-            raise ValueError("this model's spec has a vector observation: the context needs vectors")
         hc = self.world.head.initial_state(b, self.device)
         if length > 1:
             _, _, _, hc = self.world.head(
