@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldmodel.errors import choose
 from worldmodel.models.controller import Controller
 from worldmodel.train.metrics import MetricsLog, plot_returns
 
@@ -88,11 +89,7 @@ PRESETS = {
 
 
 def preset(where: str, name: str) -> CMAESConfig:
-    if where not in PRESETS:
-        raise ValueError(f"where must be one of {WHERE}, got {where!r}")
-    if name not in PRESETS[where]:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS[where])}")
-    return PRESETS[where][name]
+    return choose(choose(PRESETS, where, "place to judge candidates"), name, f"CMA-ES preset ({where})")
 
 
 def make_fitness(bundle: str, config: CMAESConfig):

@@ -59,7 +59,7 @@ def test_tiny_model_trains_and_its_loss_falls(diffusion_run):
     fresh = DiffusionWorld(DiffusionConfig.from_dict(model.config.to_dict())).eval()
     windows = WindowSampler(EpisodeStore.open(diffusion_run["store"]), 5, keys=("image", "action", "vector"))
     batch = {k: torch.from_numpy(v) for k, v in windows.sample(32, np.random.default_rng(0)).items()}
-    vectors = model.normalize_vector(batch["vector"])[:, :-1]
+    vectors = model.vector_norm.normalize(batch["vector"])[:, :-1]
     with torch.no_grad():
         before, after = (
             float(w.denoising_loss(batch["image"], batch["action"][:, :-1], vectors, torch.Generator().manual_seed(1)))

@@ -14,4 +14,11 @@ class UserError(ValueError):
     """A user's input is wrong; the message says what was expected and what to do."""
 
 
-__all__ = ["UserError"]
+def choose(table: dict, key, what: str):
+    """table[key], or a UserError naming `what` and the keys to choose from."""
+    if key not in table:
+        raise UserError(f"unknown {what} {key!r}; choose one of {', '.join(map(str, table))}")
+    return table[key]
+
+
+__all__ = ["UserError", "choose"]

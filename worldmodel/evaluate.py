@@ -63,7 +63,7 @@ def evaluate_vmc(bundle: str, heldout: str, *, max_episodes: int = 100, out: str
                 gif_videos = [episode["image"][:64], recon.numpy()[:64]]
 
             actions = torch.from_numpy(episode["action"])[None]
-            vectors = model.normalize_vector(episode.get("vector"))
+            vectors = model.vector_norm.normalize(episode.get("vector"))
             out_m, _ = model.mdnrnn(z[None], actions, None if vectors is None else vectors[None])
             n = len(frames) - 1
             nll = gmm_nll(z[None, 1:], out_m.logits[:, :-1], out_m.mu[:, :-1], out_m.log_sigma[:, :-1])

@@ -71,9 +71,6 @@ class VMCWorldModel:
         """z [B, Z] -> frames [B, H, W, C] uint8."""
         return to_uint8_images(self.vae.decode(z))
 
-    def normalize_vector(self, vector) -> Tensor | None:
-        return self.vector_norm.normalize(vector)
-
     @torch.no_grad()
     def initial_state(self, context: Context) -> State:
         """Encode the L context frames; M reads the first L-1 steps so h knows the recent past."""
@@ -97,7 +94,7 @@ class VMCWorldModel:
         frame = torch.as_tensor(frame, device=self.device)
         next_state = {"z": self.encode(frame), "h": h[0], "c": c[0]}
         if self.spec.vector is not None:
-            next_state["vector"] = self.normalize_vector(vector)
+            next_state["vector"] = self.vector_norm.normalize(vector)
         return next_state
 
     @torch.no_grad()

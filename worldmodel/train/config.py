@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from worldmodel.train.presets import get_preset
+from worldmodel.train.presets import Schedule, get_preset
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(Schedule):
+    """One training run (batch size, learning rate, lengths, clip and window come from Schedule)."""
+
     model_name: str
     """Which model trains: "vae", "mdnrnn" or "diffusion" (the preset table and run name)."""
     stores: tuple[str, ...]
@@ -23,21 +25,7 @@ class TrainConfig:
     model: dict[str, Any]
     """The model's config (its ConfigMixin.to_dict())."""
     preset: str = "small"
-    """tiny | small | paper: where the defaults below came from."""
-    batch_size: int = 32
-    """Samples (frames or windows) per step and worker."""
-    lr: float = 1e-3
-    """Adam's learning rate."""
-    max_steps: int = 1000
-    """Optimizer steps in all (a resumed or fine-tuned run counts from its own start)."""
-    checkpoint_every: int = 200
-    """Steps between checkpoints (resume and worker restarts start from the newest)."""
-    log_every: int = 10
-    """Steps between rows of metrics.csv."""
-    window: int = 1
-    """Steps per training sample (1 for frame models, a sequence for M and the reward head)."""
-    grad_clip: float | None = None
-    """Gradient-norm clip, or None."""
+    """tiny | small | paper: where the schedule came from."""
     seed: int = 0
     """Seeds the initial weights (per rank) and every batch (per rank and step, so resumes repeat nothing)."""
     vector_norm: dict[str, list[float]] = field(default_factory=dict)
@@ -70,12 +58,11 @@ class TrainConfig:
         steps = chosen.max_steps if max_steps is None else int(max_steps)
         if steps < 1:
             raise ValueError(f"--max-steps must be >= 1, got {steps}")
-        return cls(
-            model_name=model_name, stores=tuple(stores), model=model, preset=preset, batch_size=chosen.batch_size,
-            lr=chosen.lr, max_steps=steps, checkpoint_every=min(chosen.checkpoint_every, steps),
-            log_every=min(chosen.log_every, steps), window=chosen.window, grad_clip=chosen.grad_clip, seed=int(seed),
-            **fields_,
-        )
+        schedule = {f.name: getattr(chosen, f.name) for f in fields(Schedule)}
+        schedule.update(max_steps=steps, checkpoint_every=min(chosen.checkpoint_every, steps),
+                        log_every=min(chosen.log_every, steps))
+        return cls(model_name=model_name, stores=tuple(stores), model=model, preset=preset, seed=int(seed),
+                   **schedule, **fields_)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

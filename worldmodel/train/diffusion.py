@@ -18,24 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from worldmodel.train.config import TrainConfig
-from worldmodel.train.launcher import LaunchOptions, common_spec, final_checkpoint_dir, launch, store_locations
-from worldmodel.train.presets import get_preset, shard
+from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch, store_locations
+from worldmodel.train.presets import get_preset, worker_episodes
 
 
 def train_func(raw: dict[str, Any]) -> None:
     """One Ray Train worker."""
-    import ray.train
-
-    from worldmodel.data import EpisodeStore, WindowSampler
+    from worldmodel.data import WindowSampler
     from worldmodel.models.diffusion import DiffusionConfig, DiffusionWorld
     from worldmodel.models.vector_norm import VectorStats
     from worldmodel.train.loop import seed_worker, train_loop
 
     config = TrainConfig.from_dict(raw)
-    context = ray.train.get_context()
-    stores = [EpisodeStore.open(location) for location in config.stores]
-    episodes = [(i, ref) for i, store in enumerate(stores) for ref in store.episodes]
-    mine = shard(episodes, context.get_world_rank(), context.get_world_size())
+    stores, mine = worker_episodes(config.stores)
     model_config = DiffusionConfig.from_dict(config.model)
     has_vector = stores[0].spec.vector is not None
     frame_keys = ("image", "action") + (("vector",) if has_vector else ())
@@ -90,15 +85,6 @@ def train_diffusion(
 def export_diffusion(out: str, config: TrainConfig, spec) -> Path:
     """RUN/model from the final checkpoint (diffusers format for the UNet), RUN/loss.png from RUN/metrics.csv."""
     from worldmodel.models.diffusion import DiffusionConfig, DiffusionWorld, save_diffusion
-    from worldmodel.models.io import load_weights
-    from worldmodel.models.vector_norm import VectorStats
-    from worldmodel.train.loop import MODEL_FILE
-    from worldmodel.train.metrics import plot_metrics
 
-    run = Path(out).resolve()
-    world = DiffusionWorld(DiffusionConfig.from_dict(config.model))
-    load_weights(world, final_checkpoint_dir(run) / MODEL_FILE)
-    target = save_diffusion(world, run / "model", extra={"spec": spec.to_dict(), "training": config.provenance()})
-    VectorStats.from_dict(config.vector_norm).save(target)
-    plot_metrics(run / "metrics.csv", run / "loss.png", f"diffusion ({config.preset})")
-    return target
+    return export_model(out, "diffusion", config, spec, save=save_diffusion,
+                        build=lambda: DiffusionWorld(DiffusionConfig.from_dict(config.model)))

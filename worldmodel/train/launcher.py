@@ -120,19 +120,22 @@ def common_spec(stores: list[str]):
     return opened[0].spec
 
 
-def export_model(out: str, class_name: str, config: TrainConfig, spec) -> Path:
+def export_model(out: str, class_name: str, config: TrainConfig, spec, *, build=None, save=None) -> Path:
     """Write RUN/model (weights, config, provenance, vector_norm.json) from the final checkpoint, and
-    RUN/loss.png from RUN/metrics.csv."""
+    RUN/loss.png from RUN/metrics.csv. `build() -> module` and `save(module, directory, extra) -> directory`
+    default to the model classes of models/io.py (the diffusion backbone passes its own)."""
     from worldmodel.models.io import MODEL_CLASSES, load_weights, save_pretrained
     from worldmodel.models.vector_norm import VectorStats
     from worldmodel.train.loop import MODEL_FILE
     from worldmodel.train.metrics import plot_metrics
 
     run = Path(out).resolve()
-    model_cls, config_cls = MODEL_CLASSES[class_name]
-    model = model_cls(config_cls.from_dict(config.model))
+    if build is None:
+        model_cls, config_cls = MODEL_CLASSES[class_name]
+        build = (lambda: model_cls(config_cls.from_dict(config.model)))
+    model = build()
     load_weights(model, final_checkpoint_dir(run) / MODEL_FILE)
-    target = save_pretrained(model, run / "model", extra={"spec": spec.to_dict(), "training": config.provenance()})
+    target = (save or save_pretrained)(model, run / "model", {"spec": spec.to_dict(), "training": config.provenance()})
     VectorStats.from_dict(config.vector_norm).save(target)
     plot_metrics(run / "metrics.csv", run / "loss.png", f"{class_name} ({config.preset})")
     return target

@@ -10,21 +10,35 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from worldmodel.errors import choose
+
 PRESET_NAMES = ("tiny", "small", "paper")
 
 
 @dataclass(frozen=True)
-class TrainPreset:
+class Schedule:
+    """How a run trains, whatever it trains: what a preset sets and TrainConfig carries."""
+
+    batch_size: int = 32
+    """Samples (frames or windows) per step and worker."""
+    lr: float = 1e-3
+    """Adam's learning rate."""
+    max_steps: int = 1000
+    """Optimizer steps in all (a resumed or fine-tuned run counts from its own start)."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (resume and worker restarts start from the newest)."""
+    log_every: int = 10
+    """Steps between rows of metrics.csv."""
+    window: int = 1
+    """Steps per training sample (1 for frame models, a sequence for M and the reward head)."""
+    grad_clip: float | None = None
+    """Gradient-norm clip, or None."""
+
+
+@dataclass(frozen=True)
+class TrainPreset(Schedule):
     model: dict[str, Any] = field(default_factory=dict)
     """Overrides of the model config's defaults (the defaults are the paper's)."""
-    batch_size: int = 32
-    lr: float = 1e-3
-    max_steps: int = 1000
-    checkpoint_every: int = 200
-    log_every: int = 10
-    window: int = 1
-    """Steps per training sample (1 for frame models, a sequence for the MDN-RNN)."""
-    grad_clip: float | None = None
 
 
 PRESETS: dict[str, dict[str, TrainPreset]] = {
@@ -73,14 +87,23 @@ PRESETS: dict[str, dict[str, TrainPreset]] = {
 
 
 def get_preset(model: str, name: str) -> TrainPreset:
-    if model not in PRESETS:
-        raise ValueError(f"no presets for model {model!r}; known: {sorted(PRESETS)}")
-    if name not in PRESETS[model]:
-        raise ValueError(f"unknown preset {name!r} for {model}; choose one of {', '.join(PRESET_NAMES)}")
-    return PRESETS[model][name]
+    return choose(choose(PRESETS, model, "model with presets"), name, f"preset for {model}")
 
 
 def shard(items: list, rank: int, world: int) -> list:
     """This worker's share of whole episodes (all of them when there are fewer than workers)."""
     mine = items[rank::world]
     return mine if mine else list(items)
+
+
+def worker_episodes(stores: tuple[str, ...]) -> tuple[list, list]:
+    """In a Ray Train worker: the opened stores and this rank's share of their episodes, as
+    (store index, EpisodeRef) pairs for the WindowSampler."""
+    import ray.train
+
+    from worldmodel.data import EpisodeStore
+
+    context = ray.train.get_context()
+    opened = [EpisodeStore.open(location) for location in stores]
+    episodes = [(i, ref) for i, store in enumerate(opened) for ref in store.episodes]
+    return opened, shard(episodes, context.get_world_rank(), context.get_world_size())

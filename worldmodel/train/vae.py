@@ -7,22 +7,17 @@ from typing import Any
 
 from worldmodel.train.config import TrainConfig
 from worldmodel.train.launcher import LaunchOptions, common_spec, export_model, launch, starting_point, store_locations
-from worldmodel.train.presets import get_preset, shard
+from worldmodel.train.presets import get_preset, worker_episodes
 
 
 def train_func(raw: dict[str, Any]) -> None:
     """One Ray Train worker: random single frames from this worker's episodes."""
-    import ray.train
-
-    from worldmodel.data import EpisodeStore, WindowSampler
+    from worldmodel.data import WindowSampler
     from worldmodel.models import ConvVAE, VAEConfig, to_model_input
     from worldmodel.train.loop import seed_worker, train_loop
 
     config = TrainConfig.from_dict(raw)
-    context = ray.train.get_context()
-    stores = [EpisodeStore.open(location) for location in config.stores]
-    episodes = [(i, ref) for i, store in enumerate(stores) for ref in store.episodes]
-    mine = shard(episodes, context.get_world_rank(), context.get_world_size())
+    stores, mine = worker_episodes(config.stores)
     sampler = WindowSampler(stores, 1, keys=("image",), episodes=mine)
     seed_worker(config)
     model = ConvVAE(VAEConfig.from_dict(config.model))

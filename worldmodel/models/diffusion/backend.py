@@ -58,9 +58,6 @@ class DiffusionWorldModel:
     def context_length(self) -> int:
         return self.config.context_length
 
-    def normalize_vector(self, vector) -> Tensor | None:
-        return self.vector_norm.normalize(vector)
-
     @torch.no_grad()
     def initial_state(self, context: Context) -> State:
         """The last L context frames; the head's LSTM reads every context step but the newest."""
