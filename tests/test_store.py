@@ -197,7 +197,7 @@ def test_bad_input_is_rejected_and_writes_nothing(location):
     with store.writer() as writer:
         with pytest.raises(ValueError, match="uint8 image of shape"):
             writer.add_step(np.zeros((8, 8, 3), np.float32), good["action"][0], 0.0, False, False, good["vector"][0])
-        with pytest.raises(ValueError, match=r"box actions of .*got shape \(1, 2\)"):
+        with pytest.raises(ValueError, match=r"one action of Box.*got shape \(2,\)"):
             writer.add_step(good["image"][0], [0.0, 1.0], 0.0, False, False, good["vector"][0])
         with pytest.raises(ValueError, match="reward must be finite"):
             writer.add_step(good["image"][0], good["action"][0], float("nan"), False, False, good["vector"][0])
