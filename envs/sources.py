@@ -295,7 +295,11 @@ def _make_car_racing(
     # (the camera zooms while the car may already move); they are recorded as
     # they are, like any other frame.
     _quiet_pygame()
-    env = gym.make(env_id, render_mode=render_mode, **env_kwargs)
+    spec = gym.spec(env_id)
+    if spec.entry_point == "gymnasium.envs.box2d.car_racing:CarRacing":
+        # The same env, registration and wrappers, with frames drawn ~3x faster (envs/car_racing.py).
+        spec = dataclasses.replace(spec, entry_point="envs.car_racing:FastCarRacing")
+    env = gym.make(spec, render_mode=render_mode, **env_kwargs)
     return SourceWrapper(
         env,
         image_from="observation",

@@ -213,3 +213,25 @@ def test_car_racing_random_walk_drives_off(seed: int) -> None:
             break
     env.close()
     assert top_speed > 20.0
+
+
+@pytest.mark.parametrize("options", [{}, {"domain_randomize": True}], ids=["default", "domain_randomize"])
+def test_fast_car_racing_draws_the_stock_envs_frames_pixel_for_pixel(options):
+    """envs/car_racing.py only draws faster: frames, rewards and ends equal gymnasium's CarRacing-v3,
+    through the zoom-in animation, turns and tiles the car touches (their colours change in place)."""
+    import gymnasium as gym
+
+    from envs.car_racing import FastCarRacing
+    from envs.policies import RandomWalkPolicy
+
+    assert make_source("CarRacing-v3").unwrapped.__class__ is FastCarRacing
+    stock, fast = gym.make("CarRacing-v3", **options), FastCarRacing(**options)
+    first, _ = stock.reset(seed=7)
+    assert np.array_equal(first, fast.reset(seed=7)[0])
+    policy = RandomWalkPolicy(source_spec(make_source("CarRacing-v3")), seed=7)
+    for _ in range(150):
+        action = policy(None)
+        expected, got = stock.step(action), fast.step(action)
+        assert np.array_equal(expected[0], got[0]) and expected[1:4] == got[1:4]
+    stock.close()
+    fast.close()
