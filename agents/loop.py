@@ -128,7 +128,7 @@ def run_loop(store: str, bundle: str, out: str, config: LoopConfig, resume: bool
         episodes = _collect(store, env_id, current, config, seed=config.seed * 1_000 + number)
         models = _refit(store, current, round_dir, config, number)
         current, dream_return = _evolve(store, current, models, round_dir, config)
-        judged = _judge(current, env_id, config)
+        judged = _judge(current, config)
         log.append({"round": number, "real_return": judged.mean, "real_std": judged.std, "dream_return": dream_return,
                     "gap": dream_return - judged.mean, "episodes_in_store": episodes,
                     "seconds": time.perf_counter() - began})
@@ -205,10 +205,10 @@ def _evolve(store: str, bundle: str, models: tuple[Path, Path], round_dir: Path,
     return str(new_bundle), float(result["best_dream_return"])
 
 
-def _judge(bundle: str, env_id: str, config: LoopConfig):
-    from agents.evaluate import evaluate
+def _judge(bundle: str, config: LoopConfig):
+    from agents.evaluate import judge_controller
 
-    return evaluate(bundle, env_id, config.judge_episodes, "controller", seed=config.judge_seed)
+    return judge_controller(bundle, config.judge_episodes, seed=config.judge_seed, workers=config.workers)
 
 
 def _plot_rounds(out_dir: Path) -> None:

@@ -22,7 +22,7 @@ def demo_out(tmp_path_factory) -> str:
 
 def test_every_stage_ran_and_was_timed(demo_out):
     record = json.loads(open(f"{demo_out}/stages.json").read())
-    assert list(record["stages"]) == ["collect", "train", "controller", "evaluate", "serve", "report"]
+    assert list(record["stages"]) == ["collect", "train", "controller", "loop", "evaluate", "serve", "report"]
     assert all(stage["seconds"] > 0 for stage in record["stages"].values())
     scores = record["stages"]["evaluate"]["scores"]
     for policy in ("controller", "random"):
@@ -49,7 +49,7 @@ def test_resume_skips_finished_stages(demo_out):
     result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "demo", "--preset", "tiny", "--out", demo_out, "--resume"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("done earlier") == 6
+    assert result.stdout.count("done earlier") == 7
     again = subprocess.run([sys.executable, "-m", "worldmodel.cli", "demo", "--tiny", "--out", demo_out],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr

@@ -184,7 +184,8 @@ def add_train_controller(models: Subparsers) -> None:
     parser.add_argument("--patience", type=non_negative_int, default=None,
                         help="--in real: end a rollout after this many steps without a positive reward (0: never)")
     parser.add_argument("--start", default=None, choices=("data", "zero", "controller"),
-                        help="the first CMA-ES mean: the data's mean action (default), zeros, or the bundle's C")
+                        help="the first CMA-ES mean: zeros (the paper's; the dream presets'), the data's mean action "
+                        "(the real presets'), or the bundle's C")
 
 
 def run_train_controller(args: argparse.Namespace) -> None:
