@@ -68,7 +68,7 @@ class RealWorker:
 
     def run(self, params: np.ndarray, seeds: np.ndarray, max_steps: int, patience: int = 0) -> Rollouts:
         """Job j runs the controller params[j] on an episode seeded seeds[j]; returns each job's return."""
-        theta = torch.as_tensor(params, dtype=torch.float32, device=self.model.device)
+        theta = torch.tensor(np.asarray(params), dtype=torch.float32, device=self.model.device)  # Ray hands read-only arrays
         jobs = list(range(len(seeds)))[::-1]  # popped from the end: job 0 first
         returns = np.zeros(len(seeds))
         slots = _Slots(len(self.envs))

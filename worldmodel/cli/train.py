@@ -98,6 +98,7 @@ def add_train_mdnrnn(models: Subparsers) -> None:
                         help="keep that dropout on while dreaming (Dropout's Dream Land)")
     parser.add_argument("--window", type=positive_int, default=None,
                         help="steps per training sequence (default: the preset's; the dream's horizon is the guide)")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="sequences per step (default: the preset's)")
     parser.add_argument("--init-from", default="", metavar="RUN",
                         help="start from this `train mdnrnn` run's weights (fine-tuning), keeping its sizes")
     add_training_arguments(parser)
@@ -118,7 +119,7 @@ def run_train_mdnrnn(args: argparse.Namespace) -> None:
         options["dropout"] = args.dropout
     target = train_mdnrnn(
         args.store, vae_dir, launch_options(args), preset=args.preset, max_steps=args.max_steps, seed=args.seed,
-        window=args.window, init_from=args.init_from, **options,
+        window=args.window, batch_size=args.batch_size, init_from=args.init_from, **options,
     )
     print_run(target, args.out)
 

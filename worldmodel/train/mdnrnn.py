@@ -128,13 +128,14 @@ def train_mdnrnn(
     seed: int = 0,
     init_from: str = "",
     window: int | None = None,
+    batch_size: int | None = None,
     **model_options: Any,
 ) -> Path:
     """Encode latents (cached under RUN/latents), train M, write RUN/model and RUN/loss.png; returns RUN/model.
 
     `init_from`: an M model directory to start from (fine-tuning on new data, or on a fine-tuned V's latents);
-    its architecture and vector normalisation are kept. `window`: steps per training sequence (default: the
-    preset's). `model_options`: MDNRNNConfig fields over the preset's (predict_delta, reward_from_next,
+    its architecture and vector normalisation are kept. `window` and `batch_size`: steps per training sequence
+    and sequences per step (default: the preset's). `model_options`: MDNRNNConfig fields over the preset's (predict_delta, reward_from_next,
     dropout, dream_dropout); a fine-tuned M keeps its own architecture but takes the dream options."""
     from worldmodel.data import EpisodeStore
     from worldmodel.models import MDNRNNConfig
@@ -161,7 +162,6 @@ def train_mdnrnn(
         "mdnrnn", preset, stores=store_locations(stores), model=model_config, max_steps=max_steps, seed=seed,
         latents=latents, vae=str(Path(vae_dir).resolve()), vector_norm=stats.to_dict(), init_from=init_from,
     )
-    if window is not None:
-        config = config.replace(window=int(window))
+    config = config.replace(window=int(window or config.window), batch_size=int(batch_size or config.batch_size))
     launch(train_func, config, options)
     return export_model(options.out, "MDNRNN", config, spec)
