@@ -50,13 +50,17 @@ def dream_generation(bundle: str, population: int, rollouts: int, steps: int) ->
 
 def real_steps_per_second(bundle: str, workers: int, jobs: int, steps: int, envs_per_worker: int) -> float:
     """Real CarRacing steps/s of `jobs` controller rollouts of `steps` steps through RealFitness (each step: the
-    env steps, V encodes the frame, M advances, C acts), split over `workers` Ray workers (1: this process)."""
+    env steps, V encodes the frame, M advances, C acts), split over `workers` Ray workers (1: this process).
+    Every worker computes on one torch thread, as each Ray worker does (it holds one CPU): the ratio then
+    measures workers, not a single worker's intra-op threads."""
     from agents.real_fitness import RealFitness
     from worldmodel.bundle import load_bundle
     from worldmodel.models import Controller
 
     model = load_bundle(bundle)
     params = np.random.default_rng(0).normal(0, 0.1, (jobs, Controller(model.controller_config()).num_params))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     fitness = RealFitness(bundle, rollouts=1, max_steps=steps, workers=workers, envs_per_worker=envs_per_worker)
     try:
         fitness.episode_returns(params[:1], np.array([0]), patience=0)  # actors up, envs built: not timed
@@ -66,6 +70,7 @@ def real_steps_per_second(bundle: str, workers: int, jobs: int, steps: int, envs
         return fitness.steps / (time.perf_counter() - began)
     finally:
         fitness.close()
+        torch.set_num_threads(threads)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

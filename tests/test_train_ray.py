@@ -137,3 +137,11 @@ def test_the_same_seed_trains_the_same_weights(vmc_runs, tmp_path):
     assert weights(again) == weights(Path(vmc_runs["vae"]) / "model")
     other = train_vae([vmc_runs["store"]], LaunchOptions(out=str(tmp_path / "other")), preset="tiny", max_steps=40, seed=1)
     assert weights(other) != weights(again)
+
+
+def test_mdnrnn_caches_latents_under_its_run_and_only_reads_the_store(vmc_runs):
+    """A read-only or shared store must work: V's latents go under RUN/latents, nothing beside the store."""
+    store = Path(vmc_runs["store"])
+    assert any((Path(vmc_runs["mdnrnn"]) / "latents").iterdir())
+    assert not list(store.parent.glob(store.name + ".latents*"))
+    assert sorted(p.name for p in store.iterdir()) == ["parts", "zarr.json"]

@@ -149,7 +149,7 @@ def evaluate_fidelity(
     config = read_bundle_config(bundle)
     models = _fidelity_models(bundle, config["backends"], sampling_steps)
     store = _heldout_store(heldout, config["spec"], bundle)
-    length = max([m.context_length for m in models.values() if hasattr(m, "context_length")] + [int(config["context_length"])])
+    length = max([m.context_length for m in models.values()] + [int(config["context_length"])])
     refs = [ref for ref in store.episodes if ref.length >= length + 1][:max_episodes]
     if not refs:
         raise StoreError(f"{heldout} has no episode of {length + 1} or more steps to evaluate on")

@@ -25,6 +25,8 @@ class VMCWorldModel:
     """
 
     backend = "vmc"
+    context_length = 1
+    """One real frame starts a dream; a longer context also warms M's h."""
 
     def __init__(
         self,

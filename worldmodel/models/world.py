@@ -68,6 +68,8 @@ class WorldModel(Protocol):
     """The default sampling temperature; `step(temperature=)` overrides it for one call."""
     contexts: Context | None
     """Real start observations (a bundle carries them); None for a model built without any."""
+    context_length: int
+    """Real steps a start context needs at the least (V-M-C: 1; diffusion: its L frames)."""
 
     def initial_state(self, context: Context) -> State:
         """The state after the context's L real steps; takes no generator, so a context always begins the same dream."""
