@@ -36,14 +36,18 @@ class DemoConfig:
     workers: int = 2
     preset: str = "small"
     vae_steps: int = 2000
-    mdnrnn_steps: int = 2000
+    mdnrnn_steps: int = 4000
+    """M trains twice V's steps: on the same V, 2,000 steps left dream-trained controllers at +44 and +11
+    over random on two demo seeds, 4,000 at +389 and +272 (measured; README)."""
     reward_from_next: bool = True
     """M's reward head reads the next latent and vector (MDNRNNConfig.reward_from_next): the dream then
     pays for what it shows. Measured on CarRacing: see the README's score table."""
     generations: int = 20
     population: int = 16
     rollouts: int = 8
-    dream_steps: int = 300
+    dream_steps: int = 1000
+    """Dreams as long as the real episodes C is judged on: with 300, seed 1's controller left the playfield
+    on 3 of 5 held-out tracks (mean -55.0; with 1,000: 254.6, measured)."""
     temperature: float = 1.15
     loop_rounds: int = 0
     """Rounds of `train loop` after the first controller (0: none)."""
