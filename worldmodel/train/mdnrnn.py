@@ -135,8 +135,9 @@ def train_mdnrnn(
 
     `init_from`: an M model directory to start from (fine-tuning on new data, or on a fine-tuned V's latents);
     its architecture and vector normalisation are kept. `window` and `batch_size`: steps per training sequence
-    and sequences per step (default: the preset's). `model_options`: MDNRNNConfig fields over the preset's (predict_delta, reward_from_next,
-    dropout, dream_dropout); a fine-tuned M keeps its own architecture but takes the dream options."""
+    and sequences per step (default: the preset's). `model_options`: MDNRNNConfig fields over the preset's
+    (predict_delta, reward_from_next, dropout, dream_dropout); a fine-tuned M keeps its own architecture but
+    takes the dream options."""
     from worldmodel.data import EpisodeStore
     from worldmodel.models import MDNRNNConfig
     from worldmodel.models.io import load_pretrained
