@@ -2,7 +2,7 @@
 
 from worldmodel.data.sampler import ChunkCache, WindowSampler, split_episodes
 from worldmodel.data.layout import FORMAT_VERSION
-from worldmodel.data.store import EpisodeRef, EpisodeStore, StoreError
+from worldmodel.data.store import EpisodeRef, EpisodeStore, StoreError, StoreWarning
 from worldmodel.data.writer import PartWriter
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "EpisodeStore",
     "PartWriter",
     "StoreError",
+    "StoreWarning",
     "WindowSampler",
     "split_episodes",
 ]

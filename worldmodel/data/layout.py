@@ -3,7 +3,8 @@
 A store is a zarr v3 group of parts (DESIGN.md; a part follows diffusion_policy's zarr ReplayBuffer):
 
     store.zarr/zarr.json                      attrs["worldmodel"]: format, version, spec, source
-    store.zarr/parts/<writer-id>/data/image   (N, H, W, C) uint8, chunked in time, zstd
+    store.zarr/parts/<writer-id>/             attrs: host, pid, created, every_chunk_written
+                                /data/image   (N, H, W, C) uint8, chunked in time, zstd
                                 /data/vector  (N, D) float32 (if the spec has one)
                                 /data/action  (N, A) float32 | (N,) int64
                                 /data/reward, /data/terminated, /data/truncated  (N,)
@@ -18,12 +19,14 @@ dtype, chunking or codec here changes the format and needs a FORMAT_VERSION bump
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import zarr
 import zarr.storage
 from zarr.codecs import BloscCodec, BloscShuffle
+from zarr.core.array import AsyncArray
 
 from worldmodel.errors import UserError
 from worldmodel.spec import EnvSpec
@@ -45,6 +48,11 @@ DEFAULT_IMAGE_CHUNK = 32
 SCALAR_CHUNK = 4096
 META_CHUNK = 1024
 
+EVERY_CHUNK_WRITTEN = "every_chunk_written"
+"""Part attribute: its writer stored every chunk, even one equal to the fill value, so a missing
+chunk below the part's shape is damage, not zeros (parts written before it was set skip that check)."""
+_WRITE_CONFIG = {"write_empty_chunks": True}
+
 
 class StoreError(UserError):
     """A path that is no store, a store of another version, or data that does not fit it."""
@@ -58,8 +66,26 @@ def zarr_store(location: str, *, read_only: bool, storage_options: dict | None =
     """A zarr Store for a local path or an fsspec URL (memory://, s3://, ...)."""
     location = str(location)
     if _is_url(location):
-        return zarr.storage.FsspecStore.from_url(location, storage_options=storage_options, read_only=read_only)
+        with fsspec_backend(location):
+            return zarr.storage.FsspecStore.from_url(location, storage_options=storage_options, read_only=read_only)
     return zarr.storage.LocalStore(location.removeprefix("file://"), read_only=read_only)
+
+
+@contextmanager
+def fsspec_backend(location: str):
+    """Turn fsspec's ImportError for a URL scheme whose package is missing into a StoreError naming it."""
+    try:
+        yield
+    except ImportError as err:
+        scheme = location.split("://", 1)[0]
+        package = getattr(err, "name", None) or _FSSPEC_PACKAGES.get(scheme, f"the fsspec backend for {scheme}://")
+        raise StoreError(
+            f"{location}: {scheme}:// URLs need the package {package!r}, which is not installed; "
+            f"pip install {package}"
+        ) from err
+
+
+_FSSPEC_PACKAGES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
 
 
 # -- root attributes ------------------------------------------------------
@@ -138,7 +164,7 @@ def create_part(
     if part_id in parts:
         raise StoreError(f"part {part_id!r} already exists: one writer per part")
     group = parts.create_group(part_id)
-    group.attrs.update(attrs)
+    group.attrs.update({**attrs, EVERY_CHUNK_WRITTEN: True})
     data = group.create_group(DATA)
     for name, (shape, dtype) in array_layout(spec).items():
         time_chunk = image_chunk if name == "image" else SCALAR_CHUNK
@@ -169,3 +195,28 @@ def data_array(part: zarr.Group, key: str) -> zarr.Array:
 def meta_array(part: zarr.Group, name: str) -> zarr.Array:
     """The meta array `name` (EPISODE_ENDS or EPISODE_SEEDS, rows (E,)) of a part's group."""
     return part[f"{META}/{name}"]
+
+
+def append_rows(array: zarr.Array, rows: np.ndarray) -> None:
+    """Append `rows` along axis 0: their chunks first, the grown shape last.
+
+    zarr's own `append` saves the grown shape first, so a writer killed between the two leaves
+    rows that read as the fill value (a 0 at the end of `episode_ends`). In this order a kill
+    leaves the old shape, and chunk bytes past it that no reader sees. Each file write is atomic
+    (LocalStore writes a temporary file and renames it; an object store puts whole objects).
+    """
+    start = array.shape[0]
+    grown = array.metadata.update_shape((start + len(rows), *array.shape[1:]))
+    zarr.Array(AsyncArray(grown, array.store_path, _WRITE_CONFIG))[start:] = rows
+    array.resize(grown.shape)
+
+
+def read_rows(array: zarr.Array, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of `array`; a chunk that does not decode is a StoreError naming it."""
+    try:
+        return np.asarray(array[start:stop])
+    except RuntimeError as err:  # what blosc and zstd raise for bytes that are not their frames
+        raise StoreError(
+            f"{array.store_path}: rows [{start}, {stop}) do not decode ({err}); the store is damaged "
+            "there: restore that part, or delete its directory to drop its episodes"
+        ) from err

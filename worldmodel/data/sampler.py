@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from worldmodel.data.layout import check_keys
+from worldmodel.data.layout import check_keys, read_rows
 from worldmodel.data.store import EpisodeRef, EpisodeStore, StoreError
 
 
@@ -37,7 +37,7 @@ class ChunkCache:
             return found
         self.misses += 1
         length = array.chunks[0]
-        block = np.asarray(array[chunk * length : (chunk + 1) * length])
+        block = read_rows(array, chunk * length, (chunk + 1) * length)
         self._chunks[key] = block
         self.nbytes += block.nbytes
         while self.nbytes > self.max_bytes and len(self._chunks) > 1:

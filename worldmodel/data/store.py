@@ -8,12 +8,16 @@ action is not stored (as DIAMOND's and diffusion_policy's buffers).
 
 An episode is visible once `episode_ends` covers it. Writers extend it only
 after the episode's data is in place, so a reader never sees a torn episode
-and data past the last end (a writer killed mid-write) is ignored.
+and data past the last end (a writer killed mid-write) is ignored. Damage
+from outside is caught, not read as zeros (data/integrity.py): a missing
+chunk is a StoreError naming it, and entries of `episode_ends` that are no
+committed end are ignored with one StoreWarning.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,17 +25,21 @@ from typing import Any
 import numpy as np
 import zarr
 
+from worldmodel.data.integrity import check_chunks_present, committed_prefix, describe_distrust
 from worldmodel.data.layout import (
     EPISODE_ENDS,
     EPISODE_SEEDS,
     PARTS,
     StoreError,
     array_layout,
+    array_names,
     check_keys,
     data_array,
+    fsspec_backend,
     meta_array,
     part_path,
     read_root_attrs,
+    read_rows,
     root_attrs,
     zarr_store,
 )
@@ -39,7 +47,11 @@ from worldmodel.data.writer import PartWriter
 from worldmodel.spec import EnvSpec
 
 # Importable from here as before: users catch StoreError, train/latents.py opens its cache with zarr_store.
-__all__ = ["EpisodeRef", "EpisodeStore", "StoreError", "zarr_store"]
+__all__ = ["EpisodeRef", "EpisodeStore", "StoreError", "StoreWarning", "zarr_store"]
+
+
+class StoreWarning(UserWarning):
+    """A reader ignored entries of a part that are not committed episodes (see data/integrity.py)."""
 
 
 @dataclass(frozen=True)
@@ -130,16 +142,24 @@ class EpisodeStore:
     @property
     def episodes(self) -> list[EpisodeRef]:
         if self._episodes is None:
-            refs = []
+            refs, distrusted = [], []
+            names = array_names(self.spec)
             for part_id in self.part_ids():
                 part = self._part(part_id)
+                check_chunks_present(part, names, self.location)
                 ends = np.asarray(meta_array(part, EPISODE_ENDS)[:], dtype=np.int64)
                 seeds = np.asarray(meta_array(part, EPISODE_SEEDS)[:], dtype=np.int64)
+                rows = min(data_array(part, name).shape[0] for name in names)
+                trusted = committed_prefix(ends, rows)
+                if trusted < len(ends):
+                    distrusted.append(describe_distrust(part_id, ends, trusted, rows))
                 start = 0
-                for i, end in enumerate(ends.tolist()):
+                for i, end in enumerate(ends[:trusted].tolist()):
                     seed = int(seeds[i]) if i < len(seeds) else -1
                     refs.append(EpisodeRef(part_id, i, start, end, seed))
                     start = end
+            if distrusted:
+                warnings.warn(f"{self.location}: {'; '.join(distrusted)}", StoreWarning, stacklevel=2)
             self._episodes = refs
         return self._episodes
 
@@ -175,7 +195,7 @@ class EpisodeStore:
                 f"need 0 <= start <= stop <= {ref.length} (its length)"
             )
         part = self._part(ref.part)
-        return {name: np.asarray(data_array(part, name)[ref.start + start : ref.start + stop]) for name in names}
+        return {name: read_rows(data_array(part, name), ref.start + start, ref.start + stop) for name in names}
 
     def data_array(self, part_id: str, key: str) -> zarr.Array:
         """The zarr array [N, ...] of data column `key` in part `part_id`, for chunk-level random access.
@@ -194,12 +214,10 @@ class EpisodeStore:
 
     def read_column(self, name: str) -> np.ndarray:
         """One data array over every visible episode, concatenated in episode order."""
-        pieces = []
-        for part_id in self.part_ids():
-            part = self._part(part_id)
-            ends = meta_array(part, EPISODE_ENDS)[:]
-            if len(ends):
-                pieces.append(np.asarray(data_array(part, name)[: int(ends[-1])]))
+        last_end: dict[str, int] = {}
+        for ref in self.episodes:
+            last_end[ref.part] = ref.stop
+        pieces = [read_rows(data_array(self._part(part_id), name), 0, stop) for part_id, stop in last_end.items()]
         if not pieces:
             shape, dtype = array_layout(self.spec)[name]
             return np.zeros((0, *shape), dtype)
@@ -214,7 +232,8 @@ class EpisodeStore:
     def bytes_on_disk(self) -> int:
         import fsspec.core
 
-        fs, path = fsspec.core.url_to_fs(self.location, **(self.storage_options or {}))
+        with fsspec_backend(self.location):
+            fs, path = fsspec.core.url_to_fs(self.location, **(self.storage_options or {}))
         return int(fs.du(path, total=True))
 
     def bytes_raw(self) -> int:
@@ -229,5 +248,6 @@ class EpisodeStore:
 def _has_content(location: str, storage_options: dict | None) -> bool:
     import fsspec.core
 
-    fs, path = fsspec.core.url_to_fs(str(location).removeprefix("file://"), **(storage_options or {}))
+    with fsspec_backend(str(location)):
+        fs, path = fsspec.core.url_to_fs(str(location).removeprefix("file://"), **(storage_options or {}))
     return bool(fs.exists(path) and fs.ls(path))

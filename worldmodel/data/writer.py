@@ -2,8 +2,10 @@
 
 Steps are buffered in memory and checked as they arrive; `end_episode` writes
 the data arrays first and extends `meta/episode_ends` last, which is what
-makes the episode visible. A writer killed at any point loses at most the
-episode it was writing, and no reader ever sees half of one.
+makes the episode visible; each array grows its chunks before its shape
+(layout.append_rows). A writer killed at any point loses at most the
+episode it was writing, no reader ever sees half of one, and
+`episode_ends` only ever holds committed ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from worldmodel.data.layout import (
     DEFAULT_IMAGE_CHUNK,
     EPISODE_ENDS,
     EPISODE_SEEDS,
+    append_rows,
     array_layout,
     array_names,
     create_part,
@@ -157,10 +160,10 @@ class PartWriter:
         n = len(arrays["reward"])
         group = self._group
         for name in self._names:  # data first ...
-            data_array(group, name).append(arrays[name], axis=0)
-        meta_array(group, EPISODE_SEEDS).append(np.array([-1 if seed is None else int(seed)], np.int64))
+            append_rows(data_array(group, name), arrays[name])
+        append_rows(meta_array(group, EPISODE_SEEDS), np.array([-1 if seed is None else int(seed)], np.int64))
         end = self.steps_written + n
-        meta_array(group, EPISODE_ENDS).append(np.array([end], np.int64))  # ... visibility last
+        append_rows(meta_array(group, EPISODE_ENDS), np.array([end], np.int64))  # ... visibility last
         self.steps_written = end
         self.episodes_written += 1
         self.store.refresh()

@@ -19,6 +19,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
+from worldmodel.data.layout import read_rows
 from worldmodel.data.store import EpisodeStore
 from worldmodel.models.images import to_model_input
 from worldmodel.models.io import CONFIG_FILE, WEIGHTS_FILE, load_pretrained
@@ -62,7 +63,7 @@ def encode_store(store: EpisodeStore, vae_dir: str | Path, cache_dir: str | Path
             for start in range(0, steps[part], batch_size):
                 stop = min(start + batch_size, steps[part])
                 with torch.no_grad():
-                    m, lv = vae.encode(to_model_input(torch.from_numpy(np.asarray(images[start:stop]))))
+                    m, lv = vae.encode(to_model_input(torch.from_numpy(read_rows(images, start, stop))))
                 mu.append(m.numpy())
                 logvar.append(lv.numpy())
                 bar.update(stop - start)
