@@ -62,9 +62,12 @@ def evaluate(
 ) -> EvalResult:
     """Run `episodes` real episodes (seeds seed, seed+1, ...) with the policy; optionally a GIF of the first."""
     from worldmodel.bundle import load_bundle, load_controller
+    from worldmodel.errors import UserError
 
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {POLICIES}")
+    if episodes < 1:  # no returns to average: the report would index an empty list
+        raise UserError(f"evaluation needs at least 1 episode, got {episodes}")
     model = load_bundle(bundle)
     env_id = env_id or model.spec.env_id
     env = make_source(env_id)

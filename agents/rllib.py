@@ -233,20 +233,27 @@ class RLlibPolicy:
         import gymnasium as gym
         from ray.rllib.algorithms.ppo.torch.default_ppo_torch_rl_module import DefaultPPOTorchRLModule
         from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
+
+        from worldmodel.errors import UserError
+        from worldmodel.models.io import read_safetensors
 
         path = Path(run_dir) / POLICY_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir} holds no {POLICY_FILE}: is it a `worldmodel train rllib` output?")
-        with safe_open(str(path), "pt") as f:
-            observation_dim = int(f.metadata()["observation_dim"])
+        weights = read_safetensors(path)  # a damaged file is a UserError naming it
+        try:
+            with safe_open(str(path), "pt") as f:
+                observation_dim = int((f.metadata() or {})["observation_dim"])
+        except (SafetensorError, KeyError, ValueError) as err:
+            raise UserError(f"{path} has no observation_dim in its metadata ({err}): it was not written by "
+                            "`worldmodel train rllib`; train the policy again") from err
         observation_space = gym.spaces.Box(-np.inf, np.inf, (observation_dim,), np.float32)
         self.module = DefaultPPOTorchRLModule(
             observation_space=observation_space, action_space=action_space, inference_only=True,
             model_config=dataclasses.asdict(DefaultModelConfig(vf_share_layers=False)),
         )
-        self.module.load_state_dict(load_file(str(path)))
+        self.module.load_state_dict(weights)
         self.module.eval()
 
     @torch.no_grad()

@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from worldmodel.bundle_checks import (
+    BACKENDS, BundleError, check_bundle_structure, check_model_fits_spec, read_diffusion_saved,
+)
 from worldmodel.models.world import Context
-from worldmodel.errors import UserError
 from worldmodel.spec import EnvSpec
 
 BUNDLE_FORMAT = "worldmodel.bundle"
@@ -39,12 +41,10 @@ DEFAULT_CONTEXT_LENGTH = 4  # DIAMOND's L; V-M-C warms its LSTM on the first L-1
 DEFAULT_CONTEXTS = 64
 
 
-class BundleError(UserError):
-    """A bundle that is missing files or does not fit together."""
-
-
 def sample_contexts(stores, count: int, length: int, seed: int = 0) -> Context:
     """The first `length` steps of `count` episodes drawn (with a seed) from the stores."""
+    if count < 1 or length < 1:  # an empty context writes a bundle that fails at its first reset
+        raise BundleError(f"start contexts need a count and a length >= 1, got {count} of length {length}")
     refs = [(store, ref) for store in stores for ref in store.episodes if ref.length >= length]
     if not refs:
         raise BundleError(f"no episode in the store is {length} steps long: cannot take start contexts")
@@ -104,15 +104,15 @@ def write_vmc_bundle(
     seed: int = 0,
 ) -> Path:
     """Assemble a V-M-C bundle from two training runs' model directories and the training store(s)."""
-    from worldmodel.models.io import WEIGHTS_FILE, load_pretrained
+    from worldmodel.models.io import WEIGHTS_FILE, load_pretrained, read_saved_config, saved_spec
     from worldmodel.models.vector_norm import VectorStats
 
     vae = load_pretrained(vae_dir, expected="ConvVAE")
     mdnrnn = load_pretrained(mdnrnn_dir, expected="MDNRNN")
-    m_saved = json.loads(Path(mdnrnn_dir, CONFIG_FILE).read_text())
-    v_saved = json.loads(Path(vae_dir, CONFIG_FILE).read_text())
-    spec = EnvSpec.from_dict(m_saved["spec"])
-    if EnvSpec.from_dict(v_saved["spec"]) != spec:
+    m_saved, v_saved = read_saved_config(mdnrnn_dir), read_saved_config(vae_dir)
+    spec = saved_spec(mdnrnn_dir)
+    check_model_fits_spec(spec, mdnrnn.config, f"M ({mdnrnn_dir})", out)
+    if saved_spec(vae_dir) != spec:
         raise BundleError(f"{vae_dir} and {mdnrnn_dir} were trained on different specs")
     if mdnrnn.config.latent_dim != vae.config.latent_dim:
         raise BundleError(f"M expects z of {mdnrnn.config.latent_dim} dims, V makes {vae.config.latent_dim}")
@@ -194,9 +194,8 @@ def add_diffusion_to_bundle(
     saved_path = diffusion_dir / "diffusion.json"
     if not saved_path.is_file() or not (diffusion_dir / UNET_DIR / CONFIG_FILE).is_file():
         raise BundleError(f"{diffusion_dir} is not a `train diffusion` model directory (diffusion.json, diffusion/)")
-    saved = json.loads(saved_path.read_text())
-    spec = EnvSpec.from_dict(saved["spec"])
-    length = int(saved["config"]["context_length"])
+    saved, spec = read_diffusion_saved(saved_path)
+    length = saved["config"]["context_length"]
     out = Path(out)
     if (out / CONFIG_FILE).is_file():
         config = read_bundle_config(out)
@@ -233,30 +232,39 @@ def add_diffusion_to_bundle(
 
 
 def read_bundle_config(path: str | Path) -> dict[str, Any]:
-    """config.json of a bundle, checked for format and version, with the spec parsed."""
+    """config.json of a bundle, checked for format, version and the structure of what is read from it,
+    with the spec parsed."""
     path = Path(path)
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise BundleError(f"{path} is not a bundle: {CONFIG_FILE} is missing")
     try:
         config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{config_path} is not valid JSON: {err}") from err
-    if config.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path} is not a worldmodel bundle (format {config.get('format')!r})")
+    if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
+        found = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise BundleError(f"{path} is not a worldmodel bundle (format {found!r})")
     if config.get("version") != BUNDLE_VERSION:
         raise BundleError(f"{path} is bundle version {config.get('version')}; this worldmodel reads {BUNDLE_VERSION}")
-    config["spec"] = EnvSpec.from_dict(config["spec"])
+    check_bundle_structure(config, str(config_path))
+    try:
+        config["spec"] = EnvSpec.from_dict(config["spec"])
+    except ValueError as err:
+        raise BundleError(f"{config_path}: key 'spec': {err}") from err
     return config
 
 
 def read_contexts(path: str | Path) -> Context:
-    from safetensors.numpy import load_file
+    from worldmodel.models.io import read_safetensors
 
     file = Path(path) / CONTEXTS_FILE
     if not file.is_file():
         raise BundleError(f"{path} has no start contexts ({CONTEXTS_FILE} is missing)")
-    tensors = load_file(str(file))
+    tensors = read_safetensors(file, "np")
+    missing = sorted({"frames", "actions"} - set(tensors))
+    if missing:
+        raise BundleError(f"{file} lacks {', '.join(missing)}: rebuild the bundle with `worldmodel bundle`")
     return Context(tensors["frames"], tensors["actions"], tensors.get("vectors"))
 
 
@@ -266,8 +274,6 @@ def check_file(path: str | Path, name: str) -> Path:
         raise BundleError(f"bundle {path} is incomplete: {name} is missing")
     return file
 
-
-BACKENDS = ("vmc", "diffusion")
 
 
 def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", temperature: float = 1.0):
@@ -296,6 +302,7 @@ def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", 
         raise BundleError(f"bundle {path} has a malformed config: {err}") from err
     except ValueError as err:
         raise BundleError(f"bundle {path}: {err}") from err
+    check_model_fits_spec(spec, mdnrnn.config, "M (mdnrnn.safetensors)", path)
     return VMCWorldModel(
         spec, vae, mdnrnn, contexts=read_contexts(path), vector_norm=config["vmc"].get("vector_norm"),
         temperature=temperature, device=device,
@@ -315,7 +322,8 @@ def _load_diffusion(path: Path, config: dict[str, Any], *, device: str, temperat
         raise BundleError(f"bundle {path} has a malformed diffusion config: {err}") from err
     except (ValueError, OSError) as err:
         raise BundleError(f"bundle {path}: {err}") from err
-    options = config["diffusion"].get("options", {})
+    check_model_fits_spec(config["spec"], model_config, "the diffusion backbone", path)
+    options = config["diffusion"].get("options") or {}
     return DiffusionWorldModel(
         config["spec"], world, contexts=read_contexts(path), vector_norm=config["diffusion"].get("vector_norm"),
         temperature=temperature, sampling_steps=options.get("sampling_steps"), seed=options.get("seed"), device=device,
@@ -345,6 +353,11 @@ def load_controller(path: str | Path):
     config = read_bundle_config(path)
     if "controller" not in config:
         raise BundleError(f"bundle {path} has no controller yet: run `worldmodel train controller --bundle {path}`")
-    controller = Controller(ControllerConfig.from_dict(config["controller"]["config"]))
+    try:
+        controller = Controller(ControllerConfig.from_dict(config["controller"]["config"]))
+    except (ValueError, TypeError) as err:
+        raise BundleError(f"bundle {path}: the controller's config: {err}") from err
+    check_model_fits_spec(config["spec"], controller.config, "C (controller.safetensors)", path)
     load_weights(controller, check_file(path, CONTROLLER_FILE))
     return controller.eval()
+

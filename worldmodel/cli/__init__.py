@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 
 from worldmodel.cli.agents import add_demo_command, add_eval_command
-from worldmodel.cli.common import CliError, add_training_arguments
+from worldmodel.cli.common import CliError, add_training_arguments, check_output_directory
 from worldmodel.cli.data import add_collect_command, add_info_command
 from worldmodel.cli.models import add_bundle_command, add_eval_model_command
 from worldmodel.cli.serving import add_play_command, add_serve_command
@@ -46,11 +48,31 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with warnings_as_lines(args.command_prog):
+            check_output_directory(getattr(args, "out", None))  # --out is a directory in every command
+            args.run(args)
     except (UserError, FileNotFoundError) as err:
         print(f"{args.command_prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+@contextmanager
+def warnings_as_lines(prog: str):
+    """While a command runs, the project's own warnings (a store part a reader distrusts, say) print as one
+    line `PROG: warning: ...` instead of Python's two-line form with a source line."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not category.__module__.startswith("worldmodel."):
+            return default(message, category, filename, lineno, file, line)
+        print(f"{prog}: warning: {one_line(message)}", file=file or sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = default
 
 
 def one_line(err: BaseException) -> str:

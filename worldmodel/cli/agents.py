@@ -32,17 +32,22 @@ def add_eval_command(subparsers: Subparsers) -> None:
 
 def run_eval(args: argparse.Namespace) -> None:
     from agents.evaluate import evaluate, format_results
+    from worldmodel.bundle import read_bundle_config
 
     if args.policy == "rllib" and args.rllib is None:
         raise CliError("--policy rllib needs --rllib RUN (a `train rllib` output directory)")
-    if args.env is not None:
-        check_env_id(args.env)
+    env_source = "--env"
+    if args.env is None:  # the bundle's own env must be real, too: one recorded from an import or a test is not
+        args.env, env_source = read_bundle_config(args.bundle)["spec"].env_id, "the bundle's env"
+        if not args.env:
+            raise CliError(f"bundle {args.bundle} names no env: give --env")
+    check_env_id(args.env, env_source)
     results = []
     for policy in dict.fromkeys([args.policy, "random"]):
         gif = os.path.join(args.out, "real_vs_dream.gif") if args.out and policy != "random" else None
         results.append(evaluate(args.bundle, args.env, args.episodes, policy, seed=args.seed, max_steps=args.max_steps,
                                 gif=gif, rllib_run=args.rllib))
-    print(format_results(results, args.env or "the bundle's env"))
+    print(format_results(results, args.env))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         summary = {r.policy: {"mean": r.mean, "std": r.std, "returns": r.returns, "seeds": r.seeds} for r in results}

@@ -8,6 +8,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from worldmodel.errors import UserError
@@ -104,19 +105,40 @@ def model_dir(run: str, marker: str = "config.json") -> str:
     return candidate if os.path.isfile(os.path.join(candidate, marker)) else run
 
 
-def check_env_id(env_id: str) -> None:
-    """CliError unless `env_id` makes a real source env (an unknown id, or one with no usable frames)."""
+def check_output_directory(path: str | None, flag: str = "--out") -> None:
+    """CliError when a local output directory cannot be made because it, or a folder above it, is a file
+    (URLs are the store's to judge). Every command's --out is a directory."""
+    if not path or "://" in path:
+        return
+    for candidate in (Path(path), *Path(path).absolute().parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is a file" if candidate == Path(path) else f"lies under {candidate}, a file"
+                raise CliError(f"{flag} {path} {what}, not a directory: choose another {flag} (a directory; "
+                               "it is created when absent)")
+            return
+
+
+def check_env_id(env_id: str, source: str = "--env") -> None:
+    """CliError unless `env_id` makes a real source env: an unknown id, a `module:Env` id whose module does not
+    import, an env whose dependencies are missing, or one with no usable frames. `source` names where the id
+    came from in the message."""
     import gymnasium
 
     from envs.sources import make_source
 
     try:
         make_source(env_id).close()
-    except (ValueError, gymnasium.error.Error) as err:
-        raise CliError(f"--env {env_id}: {err}") from err
+    except (ValueError, ImportError, gymnasium.error.Error) as err:
+        raise CliError(f"{source} {env_id}: {one_line_message(err)}") from err
+
+
+def one_line_message(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 __all__ = [
     "CliError", "TrainingFlags", "add_command", "add_training_arguments", "bounded_number", "check_env_id",
+    "check_output_directory", "one_line_message",
     "model_dir", "non_negative_float", "non_negative_int", "positive_float", "positive_int", "seed_int",
 ]

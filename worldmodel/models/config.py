@@ -60,3 +60,26 @@ class ConfigMixin:
             for key, value in data.items()
         }
         return cls(**kwargs)
+
+
+JSON_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+
+
+def json_key(data: Any, key: str, kind: type | tuple[type, ...], where: str, *, required: bool = True) -> Any:
+    """data[key] (None when absent and not required) if it is of `kind`; otherwise a UserError naming the
+    key and the file (`where`), so a hand-edited or damaged config.json is one line, not a KeyError."""
+    from worldmodel.errors import UserError
+
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    wanted = " or ".join(JSON_TYPE_NAMES.get(k, k.__name__) for k in kinds)
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must hold a JSON object with {key!r}, got {type(data).__name__}")
+    if key not in data:
+        if required:
+            raise UserError(f"{where} lacks the key {key!r} ({wanted}): the file is damaged or not one of ours")
+        return None
+    value = data[key]
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, kinds) or (is_bool and bool not in kinds and (int in kinds or float in kinds)):
+        raise UserError(f"{where}: key {key!r} must be {wanted}, got {type(value).__name__} {str(value)[:40]!r}")
+    return value

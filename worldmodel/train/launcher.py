@@ -10,6 +10,7 @@ Layout of a run directory (`--out`):
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ class LaunchOptions:
     gpus_per_worker: float = 0.0
     resume: bool = False
     max_failures: int = 2
+    """Restarts from the latest checkpoint after a worker crash; a UserError raised in a worker (a damaged
+    store) is deterministic and ends the run at once."""
     threads_per_worker: int = 0  # 0: the CPUs of this machine divided among local workers
 
 
@@ -41,8 +44,8 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
     for state in Path(run_dir, "ray").glob(f"*/checkpoint_*/{STATE_FILE}"):
         try:
             found.append((json.loads(state.read_text())["step"], state.parent))
-        except (ValueError, KeyError):
-            continue  # a checkpoint cut off mid-write is no checkpoint
+        except (ValueError, KeyError, TypeError):
+            continue  # a checkpoint cut off mid-write (or damaged) is no checkpoint
     if not found:
         return None
     step, path = max(found)
@@ -52,7 +55,7 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[Path, int] | None:
 def launch(train_func: Callable[[dict], None], config: TrainConfig, options: LaunchOptions):
     """Fit `train_func` with `options.workers` DDP workers (each gets `config.to_dict()`); returns Ray's Result."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, WorkerGroupError
     from ray.train.torch import TorchTrainer
 
     from worldmodel.raycluster import init_ray
@@ -77,21 +80,57 @@ def launch(train_func: Callable[[dict], None], config: TrainConfig, options: Lau
     resume_from = str(previous[0]) if options.resume and previous is not None else ""
     config = config.replace(out=str(out), threads_per_worker=threads, resume_from=resume_from)
     name = config.model_name
-    trainer = TorchTrainer(
-        train_func,
-        train_loop_config=config.to_dict(),
-        scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        run_config=RunConfig(
-            name=name,
-            storage_path=str(out / "ray"),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=options.max_failures),
-        ),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise TrainingError(f"training {name} failed: {result.error}")
-    return result
+    for retry in range(options.max_failures + 1):
+        trainer = TorchTrainer(
+            functools.partial(run_worker, train_func),
+            train_loop_config=config.to_dict(),
+            scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=use_gpu, resources_per_worker=resources),
+            run_config=RunConfig(
+                name=name,
+                storage_path=str(out / "ray"),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                # Ray retries every worker error, a damaged store too (3 times its start-up for nothing):
+                # the retries are ours, below, and only for what a retry may cure.
+                failure_config=FailureConfig(max_failures=0),
+            ),
+        )
+        try:
+            return trainer.fit()  # Ray 2.60 raises the run's error itself (never returns result.error)
+        except WorkerGroupError as err:
+            mistake = user_mistake(err)
+            if mistake is not None:
+                raise TrainingError(f"training {name} failed: {mistake}") from None
+            if retry == options.max_failures:
+                raise
+            resumed = latest_checkpoint(out)
+            config = config.replace(resume_from=str(resumed[0]) if resumed else config.resume_from)
+            print(f"training {name}: a worker failed ({describe_failures(err.worker_failures)}); "
+                  f"retry {retry + 1} of {options.max_failures} from {f'step {resumed[1]}' if resumed else 'the start'}")
+    raise AssertionError("unreachable: the last retry returns or raises")
+
+
+def run_worker(train_func: Callable[[dict], None], config: dict) -> None:
+    """A Ray Train worker's body: a user's mistake (a damaged store, a bad path) ends the run with its message
+    alone; Ray logs the traceback of whatever a worker raises, and the mistake's stack helps nobody."""
+    try:
+        train_func(config)
+    except UserError as err:
+        raise err.with_traceback(None) from None
+
+
+def user_mistake(error: Exception) -> str | None:
+    """The message of the first UserError a worker raised (deterministic: a retry fails the same), or None."""
+    for failure in getattr(error, "worker_failures", {}).values():
+        for candidate in (failure, getattr(failure, "cause", None), failure.__cause__):
+            if isinstance(candidate, UserError):
+                return " ".join(str(candidate).split())
+    return None
+
+
+def describe_failures(worker_failures: dict[int, BaseException]) -> str:
+    """Each failed rank's error type and first line."""
+    return "; ".join(f"rank {rank}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                     for rank, e in sorted(worker_failures.items()))
 
 
 def final_checkpoint_dir(out: str | Path) -> Path:

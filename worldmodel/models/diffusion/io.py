@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from worldmodel.errors import UserError
 from worldmodel.models.diffusion.config import DiffusionConfig
 from worldmodel.models.diffusion.network import DiffusionWorld
 
@@ -46,24 +47,33 @@ def load_diffusion(
 ) -> DiffusionWorld:
     """The DiffusionWorld saved by `save_diffusion` (the UNet through `UNet2DModel.from_pretrained`)."""
     from diffusers import UNet2DModel
-    from safetensors.torch import load_file
+
+    from worldmodel.models.io import read_safetensors
 
     directory = Path(directory)
     if config is None:
         config = DiffusionConfig.from_dict(json.loads((directory / DIFFUSION_CONFIG_FILE).read_text())["config"])
     world = DiffusionWorld(config)
-    unet = UNet2DModel.from_pretrained(directory / UNET_DIR, low_cpu_mem_usage=False)  # no `accelerate` needed
+    try:
+        unet = UNet2DModel.from_pretrained(directory / UNET_DIR, low_cpu_mem_usage=False)  # no `accelerate` needed
+    except (OSError, ValueError) as err:  # diffusers' words for a truncated, empty or foreign file
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{directory / UNET_DIR} holds a damaged or unreadable UNet ({first_line}): write it again "
+                        "from its training run (`worldmodel bundle --diffusion RUN`)") from err
     expected = config.unet_kwargs()
     for key in ("in_channels", "out_channels", "sample_size"):
         if unet.config[key] != expected[key]:
             raise ValueError(f"{directory / UNET_DIR}: UNet {key} is {unet.config[key]}, the config needs {expected[key]}")
     world.unet = unet
-    rest = load_file(str(directory / HEAD_FILE))
+    rest = read_safetensors(directory / HEAD_FILE)
     own = {k: v for k, v in world.state_dict().items() if not k.startswith("unet.")}
     missing, unexpected = set(own) - set(rest), set(rest) - set(own)
     if missing or unexpected:
         raise ValueError(f"{directory / HEAD_FILE} does not match: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    world.load_state_dict({**{f"unet.{k}": v for k, v in unet.state_dict().items()}, **rest})
+    try:
+        world.load_state_dict({**{f"unet.{k}": v for k, v in unet.state_dict().items()}, **rest})
+    except RuntimeError as err:  # a tensor of another shape than the config makes
+        raise UserError(f"{directory}: the weights do not fit the config: {' '.join(str(err).split())[:300]}") from err
     return world.to(device).eval()
 
 
