@@ -16,6 +16,10 @@ ends answers TERMINATED, one cut by max_episode_steps INTERRUPTED. Rewards and d
 are observations named `reward` and `discount` (1 while running or interrupted, 0 on
 termination), as dm_env_adaptor expects. Errors come back in the stream as google.rpc.Status
 with a gRPC code; the stream and the world go on.
+
+A world lives on its registry session (`Session.world`): destroying, closing or evicting the
+session frees the world with it. Client tensors are sized against the specs before anything is
+unpacked (services/dm_tensors.py).
 """
 
 from __future__ import annotations
@@ -25,153 +29,31 @@ import logging
 from dataclasses import dataclass
 
 import grpc
-import numpy as np
 from dm_env_rpc.v1 import dm_env_rpc_pb2 as dm
 from dm_env_rpc.v1 import dm_env_rpc_pb2_grpc as dm_grpc
-from dm_env_rpc.v1 import tensor_spec_utils, tensor_utils
 from google.rpc import status_pb2
 
-from services.sessions import LimitError, ServedModel, Session, SessionRegistry, UnknownError
+from services.dm_tensors import (
+    ACTION_UID, WORLD_SETTINGS, ProtocolError, invalid, pack_observations, parse_settings, reset_seed, unpack_action,
+    world_specs,
+)
+from services.sessions import LimitError, ServedModel, Session, SessionRegistry
+from services.status import bounded, echo
 from worldmodel.session import DreamBatch
-from worldmodel.spec import EnvSpec
 
 log = logging.getLogger("worldmodel.serve.dm_env_rpc")
 SERVICE_NAME = dm.DESCRIPTOR.services_by_name["Environment"].full_name
-ACTION_UID = 1
-WORLD_SETTINGS = {
-    "model": str, "backend": str, "observation": str, "seed": int, "temperature": float, "max_episode_steps": int,
-}
-RESET_SETTINGS = {"seed": int}
+MAX_REQUESTED_OBSERVATIONS = 64
+"""A Step names each observation uid once (a world has at most four); more is refused before any copy."""
 _RUNNING, _TERMINATED, _INTERRUPTED = dm.RUNNING, dm.TERMINATED, dm.INTERRUPTED
-
-
-class ProtocolError(Exception):
-    """A request the protocol or this server refuses; goes back in the stream as google.rpc.Status."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _invalid(message: str) -> ProtocolError:
-    return ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-# -- specs ------------------------------------------------------------------------
-def _tensor_spec(name: str, dtype, shape, minimum=None, maximum=None) -> dm.TensorSpec:
-    spec = dm.TensorSpec(name=name, dtype=tensor_utils.np_type_to_data_type(dtype), shape=list(shape))
-    if minimum is not None or maximum is not None:
-        # As the spec's dtype: dm-env-rpc checks integer bounds against integer limits only.
-        tensor_spec_utils.set_bounds(spec, np.asarray(minimum, dtype), np.asarray(maximum, dtype))
-    return spec
-
-
-def world_specs(served: ServedModel, observation: str) -> dm.ActionObservationSpecs:
-    """The action (uid 1) and observations of a world, from the model's EnvSpec; uids count from 1."""
-    spec = served.spec
-    if spec.action.is_discrete:
-        action = _tensor_spec("action", np.int64, (), 0, spec.action.n - 1)
-    else:
-        action = _tensor_spec("action", np.float32, spec.action.shape, spec.action.low, spec.action.high)
-    if observation == "latent":
-        observed = [_tensor_spec("latent", np.float32, (served.latent_size(),))]
-    else:
-        observed = [_tensor_spec("image", np.uint8, spec.image.shape, 0, 255)]
-        if spec.vector is not None:
-            observed.append(_tensor_spec("vector", np.float32, (spec.vector.size,)))
-    # dm_env's conventions: reward and discount are float64 scalars, the discount in [0, 1].
-    observed += [_tensor_spec("reward", np.float64, ()), _tensor_spec("discount", np.float64, (), 0.0, 1.0)]
-    return dm.ActionObservationSpecs(
-        actions={ACTION_UID: action}, observations={uid: s for uid, s in enumerate(observed, start=1)}
-    )
-
-
-# -- settings and actions -------------------------------------------------------------
-def parse_settings(settings, known: dict[str, type], request: str) -> dict:
-    """Scalar settings of the known names and types, or INVALID_ARGUMENT saying which and why."""
-    parsed = {}
-    for name, tensor in settings.items():
-        if name not in known:
-            raise _invalid(f"{request}: unknown setting {name!r}; known: {sorted(known) or 'none'}")
-        try:
-            value = tensor_utils.unpack_tensor(tensor)
-        except (TypeError, ValueError) as err:
-            raise _invalid(f"{request}: setting {name!r} is not a scalar tensor ({err})") from None
-        if np.ndim(value) != 0:
-            raise _invalid(f"{request}: setting {name!r} is not a scalar tensor (shape {list(np.shape(value))})")
-        want = known[name]
-        if not _is_a(value, want):
-            raise _invalid(f"{request}: setting {name!r} must be a scalar {want.__name__}, got {value!r}")
-        parsed[name] = want(value)
-    return parsed
-
-
-def _is_a(value, want: type) -> bool:
-    """Does an unpacked scalar fit a setting of type `want` (an int fits a float; a bool fits nothing)?"""
-    if isinstance(value, (bool, np.bool_)):
-        return False
-    if want is str:
-        return isinstance(value, str)
-    if want is int:
-        return isinstance(value, (int, np.integer))
-    return isinstance(value, (int, float, np.integer, np.floating))
-
-
-def reset_seed(settings, request: str) -> int | None:
-    """The optional `seed` of Reset and ResetWorld."""
-    seed = parse_settings(settings, RESET_SETTINGS, request).get("seed")
-    if seed is not None and seed < 0:
-        raise _invalid(f"{request}: seed must be >= 0, got {seed}")
-    return seed
-
-
-def unpack_action(actions, spec: dm.TensorSpec, env_spec: EnvSpec) -> np.ndarray:
-    """The one action of a Step as a batch of one env: its uid, dtype and shape checked against the
-    world's action spec here, its values by the EnvSpec's one checker (bounds, finiteness, clipping)."""
-    unknown = sorted(set(actions) - {ACTION_UID})
-    if unknown:
-        raise _invalid(f"no action uid {unknown[0]}; this world's actions: {{{ACTION_UID}: {spec.name!r}}}")
-    if ACTION_UID not in actions:
-        raise _invalid(f"missing action {spec.name!r} (uid {ACTION_UID}): every step after a sequence's first needs one")
-    tensor = actions[ACTION_UID]
-    want = tensor_utils.data_type_to_np_type(spec.dtype)
-    try:
-        got = tensor_utils.get_tensor_type(tensor)
-    except TypeError:
-        raise _invalid(f"action {spec.name!r} has no payload; expected {want}") from None
-    if got != want:
-        raise _invalid(f"action {spec.name!r} must be {np.dtype(want)}, got {np.dtype(got)}")
-    shape = list(tensor.shape)
-    if shape.count(-1) > 1 or any(s < -1 for s in shape):
-        raise _invalid(f"action {spec.name!r}: shape {shape} has more than one variable (-1) dimension or a negative one")
-    try:
-        value = np.array(tensor_utils.unpack_tensor(tensor))
-    except ValueError as err:
-        raise _invalid(f"action {spec.name!r}: {err}") from None
-    if value.shape != tuple(spec.shape):
-        raise _invalid(f"action {spec.name!r} must have shape {list(spec.shape)}, got {list(value.shape)}")
-    try:
-        return env_spec.check_actions(value[None], 1)
-    except ValueError as err:
-        raise _invalid(f"action {spec.name!r}: {err}") from None
-
-
-def pack_observations(requested, specs: dm.ActionObservationSpecs, observation: dict, reward: float, discount: float):
-    values = {"reward": np.float64(reward), "discount": np.float64(discount)}
-    for name, tensor in observation.items():
-        values[name] = tensor[0].detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor[0])
-    out = {}
-    for uid in requested:
-        spec = specs.observations[uid]
-        out[uid] = tensor_utils.pack_tensor(values[spec.name], dtype=tensor_utils.data_type_to_np_type(spec.dtype))
-    return out
 
 
 # -- worlds -------------------------------------------------------------------------
 @dataclass
 class World:
-    session: Session
+    """What a session that is a dm_env_rpc world holds beyond its dreams (as `Session.world`: the
+    registry is the one record, so an evicted or closed session takes its world with it)."""
+
     specs: dm.ActionObservationSpecs
     joined: bool = False
     starting: bool = True
@@ -191,7 +73,6 @@ class EnvironmentService(dm_grpc.EnvironmentServicer):
         self.models = models
         self.registry = registry
         self.check_message_size = check_message_size
-        self.worlds: dict[str, World] = {}
 
     async def Process(self, request_iterator, context):
         stream = _Stream()
@@ -225,112 +106,109 @@ class EnvironmentService(dm_grpc.EnvironmentServicer):
         name = settings.get("model")
         if name is None:
             if len(self.models) > 1:
-                raise _invalid(f"CreateWorld: setting 'model' is required; served: {sorted(self.models)}")
+                raise invalid(f"CreateWorld: setting 'model' is required; served: {sorted(self.models)}")
             name = next(iter(self.models))
         served = self.models.get(name)
         if served is None:
-            raise ProtocolError(grpc.StatusCode.NOT_FOUND, f"CreateWorld: no model {name!r}; served: {sorted(self.models)}")
+            raise ProtocolError(grpc.StatusCode.NOT_FOUND, f"CreateWorld: no model {echo(name)}; served: {sorted(self.models)}")
         backend = settings.get("backend", served.backends[0])
         if backend not in served.models:
-            raise ProtocolError(grpc.StatusCode.NOT_FOUND, f"CreateWorld: model {name!r} has no backend {backend!r}; it has {served.backends}")
+            raise ProtocolError(grpc.StatusCode.NOT_FOUND,
+                                f"CreateWorld: model {name!r} has no backend {echo(backend)}; it has {served.backends}")
         observation = settings.get("observation", "pixels")
         try:
-            self.registry.check_capacity()
+            self.registry.check_capacity(1)
             dreams = DreamBatch(
                 served.models[backend], 1, observation=observation, max_episode_steps=settings.get("max_episode_steps", 0),
                 temperature=settings.get("temperature"), seed=settings.get("seed"),
             )
             self.check_message_size(served, 1, observation, False)
+            session = self.registry.add(served, backend, dreams, png=False)
         except LimitError as err:
             raise ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"CreateWorld: {err}") from None
         except ValueError as err:
-            raise _invalid(f"CreateWorld: {err}") from None
-        session = self.registry.add(served, backend, dreams, png=False)
-        self.worlds[session.id] = World(session, world_specs(served, observation))
+            raise invalid(f"CreateWorld: {err}") from None
+        session.world = World(world_specs(served, observation))
         log.info("world %s: %s/%s, %s", session.id, name, backend, observation)
         return dm.CreateWorldResponse(world_name=session.id)
 
-    def _world(self, world_name: str, request: str) -> World:
-        world = self.worlds.get(world_name)
-        if world is not None and world.session.id not in self.registry.sessions:  # evicted idle, or closed natively
-            del self.worlds[world_name]
-            world = None
-        if world is None:
+    def _world(self, world_name: str, request: str) -> tuple[Session, World]:
+        """The session that is world `world_name`, and the world; NOT_FOUND once destroyed or evicted."""
+        session = self.registry.sessions.get(world_name)
+        if session is None or session.world is None:  # a native session is no world
             raise ProtocolError(
                 grpc.StatusCode.NOT_FOUND,
-                f"{request}: no world {world_name!r} (destroyed, evicted after {self.registry.idle_ttl_s:g} s "
+                f"{request}: no world {echo(world_name)} (destroyed, evicted after {self.registry.idle_ttl_s:g} s "
                 "unjoined and idle, or never created)",
             )
-        return world
+        return session, session.world
 
     async def _join_world(self, request: dm.JoinWorldRequest, stream: _Stream) -> dm.JoinWorldResponse:
         if stream.world_name is not None:
             raise ProtocolError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"JoinWorld: this connection has joined world {stream.world_name!r}; LeaveWorld first")
-        world = self._world(request.world_name, "JoinWorld")
+        session, world = self._world(request.world_name, "JoinWorld")
         parse_settings(request.settings, {}, "JoinWorld")
         if world.joined:
             raise ProtocolError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"JoinWorld: world {request.world_name!r} has an agent already (one per world)")
         world.joined, world.starting = True, True
-        world.session.busy += 1  # a joined world is never evicted as idle
+        session.busy += 1  # a joined world is never evicted as idle
         stream.world_name = request.world_name
         return dm.JoinWorldResponse(specs=world.specs)
 
     def _leave(self, stream: _Stream) -> None:
-        world = self.worlds.get(stream.world_name)
+        session = self.registry.sessions.get(stream.world_name)
         stream.world_name = None
-        if world is not None and world.joined:
-            world.joined = False
-            world.session.busy -= 1
-            world.session.touch()
+        if session is not None and session.world is not None and session.world.joined:
+            session.world.joined = False
+            session.busy -= 1
+            session.touch()
 
     async def _leave_world(self, request, stream: _Stream) -> dm.LeaveWorldResponse:
         self._leave(stream)  # leaving when not joined is allowed (and does nothing)
         return dm.LeaveWorldResponse()
 
     async def _destroy_world(self, request: dm.DestroyWorldRequest, stream) -> dm.DestroyWorldResponse:
-        world = self._world(request.world_name, "DestroyWorld")
+        session, world = self._world(request.world_name, "DestroyWorld")
         if world.joined:
             raise ProtocolError(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"DestroyWorld: world {request.world_name!r} has an agent joined; it must LeaveWorld first")
-        del self.worlds[request.world_name]
-        try:
-            self.registry.close(world.session.id)
-        except UnknownError:
-            pass  # evicted meanwhile: gone either way
+        self.registry.close(session.id)
         return dm.DestroyWorldResponse()
 
     async def _reset_world(self, request: dm.ResetWorldRequest, stream) -> dm.ResetWorldResponse:
-        world = self._world(request.world_name, "ResetWorld")
+        session, world = self._world(request.world_name, "ResetWorld")
         seed = reset_seed(request.settings, "ResetWorld")
         world.seed = seed if seed is not None else world.seed
         world.starting = True
-        world.session.touch()
+        session.touch()
         return dm.ResetWorldResponse()
 
     # -- the joined world ---------------------------------------------------------
-    def _joined(self, stream: _Stream, request: str) -> World:
+    def _joined(self, stream: _Stream, request: str) -> tuple[Session, World]:
         if stream.world_name is None:
             raise ProtocolError(grpc.StatusCode.FAILED_PRECONDITION, f"{request}: join a world first (JoinWorld)")
         return self._world(stream.world_name, request)
 
     async def _reset(self, request: dm.ResetRequest, stream: _Stream) -> dm.ResetResponse:
-        world = self._joined(stream, "Reset")
+        _, world = self._joined(stream, "Reset")
         seed = reset_seed(request.settings, "Reset")
         world.seed = seed if seed is not None else world.seed
         world.starting = True
         return dm.ResetResponse(specs=world.specs)
 
     async def _step(self, request: dm.StepRequest, stream: _Stream) -> dm.StepResponse:
-        world = self._joined(stream, "Step")
+        session, world = self._joined(stream, "Step")
         specs = world.specs
+        if len(request.requested_observations) > MAX_REQUESTED_OBSERVATIONS:  # counted before any copy
+            raise invalid(f"Step: {len(request.requested_observations)} requested observations; "
+                          f"name each of this world's {len(specs.observations)} at most once")
         requested = list(dict.fromkeys(request.requested_observations))  # duplicates are redundant
         unknown = [uid for uid in requested if uid not in specs.observations]
         if unknown:
             names = {uid: s.name for uid, s in specs.observations.items()}
-            raise _invalid(f"Step: no observation uid {unknown[0]}; this world's observations: {names}")
-        session = world.session
+            raise invalid(f"Step: no observation uid {unknown[0]}; this world's observations: {names}")
         dreams = session.dreams
         if world.starting:  # the protocol ignores a sequence's first actions
             async with session.lock:
@@ -344,7 +222,7 @@ class EnvironmentService(dm_grpc.EnvironmentServicer):
                 async with session.lock:
                     result = await session.model.batchers[session.backend].step(dreams, action)
             except ValueError as err:
-                raise _invalid(f"Step: {err}") from None
+                raise invalid(f"Step: {err}") from None
             finally:
                 session.busy -= 1
                 session.touch()
@@ -360,4 +238,4 @@ class EnvironmentService(dm_grpc.EnvironmentServicer):
 
 
 def _error(code: grpc.StatusCode, message: str) -> dm.EnvironmentResponse:
-    return dm.EnvironmentResponse(error=status_pb2.Status(code=code.value[0], message=message))
+    return dm.EnvironmentResponse(error=status_pb2.Status(code=code.value[0], message=bounded(message)))

@@ -4,7 +4,9 @@ Sessions hold world-model states; step calls of all sessions on one model are
 fused by a dynamic batcher. The same port also speaks dm_env_rpc v1
 (services/dm_environment.py) over the same sessions and batchers. Standard
 health checking and reflection. Every bad request gets a status that says
-what is wrong and harms no other session.
+what is wrong and harms no other session; every call passes services/guard.py
+first (the token before any parsing), and status messages stay bounded
+(services/status.py).
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from grpc_reflection.v1alpha import reflection
 
 from services import wire
 from services.batcher import BatcherConfig
-from services.sessions import LimitError, ServedModel, SessionRegistry, UnknownError, load_served_model
+from services.guard import RequestGuard
+from services.sessions import (
+    LimitError, ServedModel, SessionRegistry, UnknownError, load_served_model, release_freed_memory,
+)
+from services.status import abort, echo
 from worldmodel.session import OBSERVATION_MODES, DreamBatch
 from worldmodel.v1 import simulator_pb2 as pb
 from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
 
 log = logging.getLogger("worldmodel.serve")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Simulator"].full_name
-OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")  # reachable without a token
 _OBSERVATION_MODES = {
     pb.OBSERVATION_MODE_UNSPECIFIED: "pixels",  # unset: the proto's default
     **{wire.OBSERVATION_MODE_CODES[mode]: mode for mode in OBSERVATION_MODES},
@@ -46,6 +51,9 @@ class ServerConfig:
     """0 picks a free port."""
     max_sessions: int = 1024
     max_envs_per_session: int = 1024
+    max_total_envs: int | None = None
+    """Envs in all sessions and worlds together; None: sized to this machine's memory
+    (services.sessions.default_max_total_envs)."""
     idle_ttl_s: float = 600.0
     """Sessions idle this long are evicted."""
     max_message_bytes: int = 64 << 20
@@ -65,7 +73,9 @@ class SimulatorService(pb_grpc.SimulatorServicer):
     def __init__(self, models: dict[str, ServedModel], config: ServerConfig):
         self.models = models
         self.config = config
-        self.registry = SessionRegistry(config.max_sessions, config.max_envs_per_session, config.idle_ttl_s)
+        self.registry = SessionRegistry(
+            config.max_sessions, config.max_envs_per_session, config.idle_ttl_s, config.max_total_envs
+        )
         self.open_streams = 0
         """StepStream calls in progress (a client that goes away ends its stream and frees it)."""
 
@@ -82,10 +92,11 @@ class SimulatorService(pb_grpc.SimulatorServicer):
     async def CreateSession(self, request: pb.CreateSessionRequest, context: grpc.aio.ServicerContext):
         served = self.models.get(request.model)
         if served is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model!r}; served: {sorted(self.models)}")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"no model {echo(request.model)}; served: {sorted(self.models)}")
         backend = request.backend or served.backends[0]
         if backend not in served.models:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {served.name!r} has no backend {backend!r}; it has {served.backends}")
+            await abort(context, grpc.StatusCode.NOT_FOUND,
+                        f"model {served.name!r} has no backend {echo(backend)}; it has {served.backends}")
         num_envs = request.num_envs or 1
         try:
             observation = _OBSERVATION_MODES.get(request.observation_mode)
@@ -96,21 +107,20 @@ class SimulatorService(pb_grpc.SimulatorServicer):
             png = request.image_encoding == pb.IMAGE_ENCODING_PNG
             if num_envs < 0:
                 raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-            self.registry.check_envs(num_envs)
-            self.registry.check_capacity()
+            self.registry.check_capacity(num_envs)
             self.check_message_size(served, num_envs, observation, png)
-            dreams = DreamBatch(
-                served.models[backend], num_envs, observation=observation,
+            # Off the event loop: a generator per env (about 50 ms for 1,024) and a forward (the start frames).
+            dreams = await asyncio.to_thread(
+                _started_dreams, served.models[backend], num_envs, observation=observation,
                 max_episode_steps=request.max_episode_steps,
                 temperature=request.temperature if request.HasField("temperature") else None,
                 seed=request.seed if request.HasField("seed") else None,
             )
-            await asyncio.to_thread(dreams.reset)  # a forward (encode the start frames): off the event loop
             session = self.registry.add(served, backend, dreams, png)
         except LimitError as err:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+            await abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         except ValueError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         log.info("session %s: %s/%s, %d envs, %s", session.id, served.name, backend, num_envs, observation)
         return pb.CreateSessionResponse(session_id=session.id, model=self._info(served), backend=backend, num_envs=num_envs)
 
@@ -136,12 +146,17 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         try:
             self.registry.close(request.session_id)
         except UnknownError as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, err.args[0])
+            await abort(context, grpc.StatusCode.NOT_FOUND, err.args[0])
         return pb.CloseSessionResponse()
 
     # -- reset and step -----------------------------------------------------
     async def Reset(self, request: pb.ResetRequest, context):
         session = await self._session(request.session_id, context)
+        num_envs = session.dreams.num_envs
+        if len(request.env_indices) > num_envs or len(request.seeds) > num_envs:  # counted before any copy
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{len(request.env_indices)} env indices and {len(request.seeds)} seeds for a session of "
+                        f"{num_envs} envs: each may name every env at most once")
         session.busy += 1
         try:
             async with session.lock:  # DreamBatch.reset checks indices and seeds before it changes anything
@@ -152,7 +167,7 @@ class SimulatorService(pb_grpc.SimulatorServicer):
                     seeds=list(request.seeds) or None,
                 )
         except ValueError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         finally:
             session.busy -= 1
             session.touch()
@@ -174,18 +189,20 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         dreams = session.dreams
         try:
             actions = wire.actions_from_proto(request.actions, dreams.spec, dreams.num_envs)  # dtype, shape, bounds, NaN
-            mask = np.asarray(request.reset_mask, dtype=bool) if len(request.reset_mask) else None
-            if mask is not None:
-                dreams.check_reset_mask(mask)
+            mask = None
+            if len(request.reset_mask):
+                if len(request.reset_mask) != dreams.num_envs:  # counted before any copy
+                    raise ValueError(f"reset_mask must have {dreams.num_envs} entries, got {len(request.reset_mask)}")
+                mask = dreams.check_reset_mask(np.asarray(request.reset_mask, dtype=bool))
         except ValueError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         session.busy += 1
         try:
             async with session.lock:  # one step at a time per session, in arrival order
                 result = await session.model.batchers[session.backend].step(dreams, actions, mask)
                 steps = dreams.steps_taken
         except ValueError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
         finally:
             session.busy -= 1
             session.touch()
@@ -201,14 +218,24 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         try:
             return self.registry.get(session_id)
         except UnknownError as err:
-            await context.abort(grpc.StatusCode.NOT_FOUND, err.args[0])
+            await abort(context, grpc.StatusCode.NOT_FOUND, err.args[0])
 
     async def evict_forever(self) -> None:
         period = max(0.05, min(self.config.idle_ttl_s / 4, 5.0))
+        released = self.registry.freed
         while True:
             await asyncio.sleep(period)
             if evicted := self.registry.evict_idle():
                 log.info("evicted %d idle sessions", evicted)
+            if self.registry.freed != released:  # sessions closed or evicted since: their memory goes back
+                released = self.registry.freed
+                await asyncio.to_thread(release_freed_memory)  # it walks the heap: off the event loop
+
+
+def _started_dreams(model, num_envs: int, **options) -> DreamBatch:
+    dreams = DreamBatch(model, num_envs, **options)
+    dreams.reset()
+    return dreams
 
 
 def _cpu(observation: dict) -> dict:
@@ -220,43 +247,6 @@ async def _observation_message(observation: dict, png: bool) -> pb.Observation:
     if png and "image" in observation:
         return await asyncio.to_thread(wire.observation_to_proto, _cpu(observation), True)
     return wire.observation_to_proto(_cpu(observation), False)
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """UNAUTHENTICATED unless `authorization: Bearer <token>`; health and reflection stay open."""
-
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}"
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_METHODS):
-            return handler
-        metadata = dict(details.invocation_metadata or ())
-        if metadata.get("authorization") == self._expected:
-            return handler
-        return _denying(handler)
-
-
-def _denying(handler):
-    message = "a valid bearer token is required (metadata 'authorization: Bearer <token>')"
-
-    async def deny_unary(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def deny_stream(request_iterator, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover - makes this an async generator
-
-    kind = (handler.request_streaming, handler.response_streaming)
-    make = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[kind]
-    deny = deny_stream if handler.response_streaming else deny_unary
-    return make(deny, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
 @dataclass
@@ -275,6 +265,13 @@ class RunningServer:
         for served in self.service.models.values():
             for batcher in served.batchers.values():
                 await batcher.close()
+
+
+def grpc_address(host: str, port: int) -> str:
+    """HOST:PORT as gRPC takes it: an IPv6 literal in brackets ("[::1]:50051")."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
 
 
 def parse_model_args(args: list[str]) -> dict[str, Path]:
@@ -297,8 +294,8 @@ async def start_server(bundles: dict[str, str | Path], config: ServerConfig) -> 
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
-    interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    # Every call: the token before any parsing, then undecodable bytes as INVALID_ARGUMENT (services/guard.py).
+    server = grpc.aio.server(options=options, interceptors=[RequestGuard(config.token)])
     pb_grpc.add_SimulatorServicer_to_server(service, server)
     served_services = [SERVICE_NAME]
     if config.dm_env_rpc:
@@ -314,7 +311,7 @@ async def start_server(bundles: dict[str, str | Path], config: ServerConfig) -> 
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (*served_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
-    address = f"{config.host}:{config.port}"
+    address = grpc_address(config.host, config.port)
     if config.tls_cert or config.tls_key:
         if not (config.tls_cert and config.tls_key):
             raise ValueError("TLS needs both --tls-cert and --tls-key")
@@ -331,7 +328,7 @@ async def start_server(bundles: dict[str, str | Path], config: ServerConfig) -> 
     for name in models:
         await health_servicer.set(f"{SERVICE_NAME}/{name}", health_pb2.HealthCheckResponse.SERVING)
     tasks = [asyncio.create_task(service.evict_forever(), name="evict-idle-sessions")]
-    log.info("serving %s on %s:%d (%s)", ", ".join(models), config.host, port, ", ".join(served_services))
+    log.info("serving %s on %s (%s)", ", ".join(models), grpc_address(config.host, port), ", ".join(served_services))
     return RunningServer(server, service, health_servicer, port, tasks)
 
 

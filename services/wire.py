@@ -56,12 +56,13 @@ def actions_from_proto(tensor: pb.Tensor, spec: EnvSpec, num_envs: int) -> np.nd
         code, shape = pb.DTYPE_INT64, (num_envs,)
     else:
         code, shape = pb.DTYPE_FLOAT32, (num_envs, *spec.action.shape)
-    got = tuple(int(s) for s in tensor.shape)
-    if tensor.dtype != code or got != shape:
+    # The rank is compared before the shape is copied: a request may declare millions of dimensions.
+    if tensor.dtype != code or len(tensor.shape) != len(shape) or tuple(tensor.shape) != shape:
         name = pb.DType.Name(tensor.dtype) if tensor.dtype in pb.DType.values() else str(tensor.dtype)
+        got = f"shape {tuple(tensor.shape)}" if len(tensor.shape) <= 8 else f"a shape of {len(tensor.shape)} dimensions"
         raise ValueError(
             f"actions: expected {pb.DType.Name(code)} of shape {shape} (one action of {spec.action.describe()} "
-            f"per env), got {name} of shape {got}"
+            f"per env), got {name} of {got}"
         )
     return spec.check_actions(from_tensor(tensor, "actions"), num_envs)
 

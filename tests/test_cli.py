@@ -106,7 +106,7 @@ def test_demo_takes_preset_and_the_hidden_tiny_alias(capsys):
 
 def test_help_is_instant_and_runs_as_a_module():
     code = ("import sys; from worldmodel.cli import build_parser; build_parser(); "
-            "print(sorted(m for m in ('diffusers', 'ray', 'torch', 'envs', 'agents', 'services') if m in sys.modules))")
+            "print(sorted(m for m in ('diffusers', 'ray', 'torch', 'grpc', 'envs', 'agents', 'services.server') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "train", "rllib", "--help"],
                             capture_output=True, text=True, check=True)

@@ -37,3 +37,11 @@ def test_readme_snippet_runs(index, served_bundle, tmp_path):
     code = BLOCKS[index].replace("runs/demo/bundle", bundle).replace("127.0.0.1:50051", address)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, f"README snippet {index} failed:\n{code}\n{result.stderr[-3000:]}"
+
+
+def test_every_reliability_promise_names_a_test_that_exists():
+    section = README.read_text().split("## Reliability", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(test_\w+)`", section))
+    defined = {name for path in README.parent.glob("tests/test_*.py")
+               for name in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), flags=re.M)}
+    assert len(named) >= 20 and not named - defined, sorted(named - defined)

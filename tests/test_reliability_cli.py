@@ -43,10 +43,19 @@ def _edit_json(path: Path, edit) -> None:
 # -- damaged files ------------------------------------------------------------------------------------------
 
 
+class _Exploit:
+    """A pickle that makes a directory when unpickled: loading a bundle must never run it."""
+
+    marker = Path("/tmp") / f"worldmodel-unpickled-{os.getpid()}"
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
 DAMAGES = {
     "truncated": lambda data: data[:100],
     "empty": lambda data: b"",
-    "pickled": lambda data: pickle.dumps({"weights": [1, 2, 3]}),
+    "pickled": lambda data: pickle.dumps({"weights": [1, 2, 3], "payload": _Exploit()}),
 }
 
 
@@ -58,6 +67,13 @@ def test_damaged_safetensors_is_one_line(capsys, bundle_copy, file, damage):
     line = _one_line_error(capsys, ["eval-model", "--bundle", str(bundle_copy), "--store", _store_of(bundle_copy)],
                            "worldmodel eval-model")
     assert str(path) in line and "damaged or not a safetensors file" in line
+    assert not _Exploit.marker.exists(), "a pickle in a bundle was executed"
+
+
+def test_serving_beyond_loopback_is_refused_unless_asked(capsys, tmp_path):
+    for host in ("0.0.0.0", "::", "10.1.2.3"):
+        line = _one_line_error(capsys, ["serve", str(tmp_path), "--host", host], "worldmodel serve")
+        assert f"refusing to bind {host}" in line and "--allow-remote" in line
 
 
 def test_damaged_model_weights_are_one_line(capsys, bundle_copy):

@@ -13,6 +13,16 @@ from worldmodel.cli.common import (
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 port_number = bounded_number(int, 0, maximum=65535)
+message_megabytes = bounded_number(int, 1, maximum=2047)
+"""gRPC takes message limits as a C int: 2 GiB - 1 at most."""
+
+
+def _default_max_total_envs_help() -> str:
+    from services.limits import PER_ENV_STATE_BYTES, STATE_SHARE_OF_MEMORY, default_max_total_envs, machine_memory_bytes
+
+    return (f"envs in all sessions and worlds together (default: 1/{STATE_SHARE_OF_MEMORY} of this machine's "
+            f"{machine_memory_bytes() / 2**30:.1f} GiB of memory over {PER_ENV_STATE_BYTES >> 10} KiB per env, the "
+            f"measured state of one 64x64 env rounded up: {default_max_total_envs()} here)")
 
 
 def add_serve_command(subparsers: Subparsers) -> None:
@@ -29,8 +39,9 @@ def add_serve_command(subparsers: Subparsers) -> None:
     parser.add_argument("--allow-remote", action="store_true", help="allow binding beyond loopback")
     parser.add_argument("--max-sessions", type=positive_int, default=1024)
     parser.add_argument("--max-envs", type=positive_int, default=1024, help="envs per session at most")
+    parser.add_argument("--max-total-envs", type=positive_int, default=None, help=_default_max_total_envs_help())
     parser.add_argument("--idle-ttl", type=positive_float, default=600.0, help="seconds before an idle session is evicted")
-    parser.add_argument("--max-message-mb", type=positive_int, default=64)
+    parser.add_argument("--max-message-mb", type=message_megabytes, default=64)
     parser.add_argument("--batch-window-ms", type=non_negative_float, default=2.0, help="dynamic batching window")
     parser.add_argument("--max-batch-envs", type=positive_int, default=1024, help="a batch closes at this many envs")
     parser.add_argument("--no-batching", action="store_true", help="step every request alone (for comparison)")
@@ -47,7 +58,7 @@ def run_serve(args: argparse.Namespace) -> None:
     import logging
 
     from services.batcher import BatcherConfig
-    from services.server import ServerConfig, parse_model_args, serve
+    from services.server import ServerConfig, grpc_address, parse_model_args, serve
 
     if args.host not in LOOPBACK_HOSTS and not args.allow_remote:
         raise CliError(f"refusing to bind {args.host}: pass --allow-remote to serve beyond this machine")
@@ -65,6 +76,7 @@ def run_serve(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = ServerConfig(
         host=args.host, port=args.port, max_sessions=args.max_sessions, max_envs_per_session=args.max_envs,
+        max_total_envs=args.max_total_envs,
         idle_ttl_s=args.idle_ttl, max_message_bytes=args.max_message_mb << 20, token=token,
         tls_cert=args.tls_cert, tls_key=args.tls_key, device=args.device,
         batcher=BatcherConfig(window_s=args.batch_window_ms / 1000, max_batch_envs=args.max_batch_envs,
@@ -73,7 +85,7 @@ def run_serve(args: argparse.Namespace) -> None:
     )
 
     def ready(running) -> None:
-        print(f"serving on {args.host}:{running.port}", flush=True)
+        print(f"serving on {grpc_address(args.host, running.port)}", flush=True)
 
     asyncio.run(serve(bundles, config, on_ready=ready))
 
