@@ -18,6 +18,11 @@ optional per-environment bias that pushes it somewhere interesting.
   else draw uniformly.
 - ``"auto"``: ``"random-walk"`` for envs with a registered walk bias (see
   ``WALK_BIASES``; today CarRacing), ``"random"`` otherwise.
+- ``"module:callable"``: a user's own policy, ``callable(observation, rng)``
+  returning an action, where ``observation`` is the recorded one (``{"image",
+  "vector"}``, or the image alone) and ``rng`` the policy's Generator. It is
+  imported by name, so it travels to Ray workers as this string; they import
+  the module themselves.
 
 Biases (``WALK_BIASES``) are keyed by an ``env_id`` prefix and set the OU mean
 ``mu`` (and, where given, the noise) per box dim. Means outside the bounds are
@@ -38,20 +43,26 @@ the temporal state (walk position, previous action), as at an episode start.
 
 from __future__ import annotations
 
+import functools
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from worldmodel.errors import UserError
 from worldmodel.spec import EnvSpec
 
 __all__ = [
     "POLICY_NAMES",
     "WALK_BIASES",
+    "CallablePolicy",
     "Policy",
     "RandomPolicy",
     "RandomWalkPolicy",
     "WalkBias",
+    "load_policy_callable",
     "make_policy",
     "walk_bias_for",
 ]
@@ -213,8 +224,41 @@ class RandomWalkPolicy(_SeededPolicy):
         return np.clip(self._state, self._low, self._high).astype(np.float32)
 
 
+class CallablePolicy(_SeededPolicy):
+    """A user's own policy ``module:callable``: ``callable(observation, rng) -> action``, with the
+    Generator seeded like every policy's (so ``reset(episode_seed)`` replays an episode's actions)."""
+
+    def __init__(self, name: str, spec: EnvSpec, seed: int | None) -> None:
+        self.name = name
+        self.function = load_policy_callable(name)
+        super().__init__(spec, seed)
+
+    def __call__(self, observation: Any) -> Any:
+        return self.function(observation, self.rng)
+
+
+def load_policy_callable(name: str) -> Callable[[Any, np.random.Generator], Any]:
+    """The callable named ``module:attribute`` (``attribute`` may be dotted), or a UserError saying why not."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise UserError(f"policy {name!r}: a user's policy is named module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # the user's module may fail in any way while it imports
+        raise UserError(f"policy {name!r}: cannot import {module_name}: {type(err).__name__}: {err}") from err
+    try:
+        function = functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise UserError(f"policy {name!r}: {module_name} has no {attribute}") from None
+    if not callable(function):
+        raise UserError(f"policy {name!r}: {attribute} is a {type(function).__name__}, not a callable")
+    return function
+
+
 def make_policy(name: str, spec: EnvSpec, seed: int | None) -> Policy:
-    """A collection policy by name: one of ``POLICY_NAMES``."""
+    """A collection policy by name: one of ``POLICY_NAMES``, or a user's ``module:callable``."""
+    if ":" in name:
+        return CallablePolicy(name, spec, seed)
     if name == "auto":
         walk = any(spec.env_id.startswith(prefix) for prefix in WALK_BIASES)
         name = "random-walk" if walk else "random"
@@ -223,4 +267,4 @@ def make_policy(name: str, spec: EnvSpec, seed: int | None) -> Policy:
     elif name == "random-walk":
         return RandomWalkPolicy(spec, seed)
     else:
-        raise ValueError(f"unknown policy {name!r}; valid names: {', '.join(POLICY_NAMES)}")
+        raise UserError(f"unknown policy {name!r}; valid names: {', '.join(POLICY_NAMES)}, or a module:callable")

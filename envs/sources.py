@@ -20,44 +20,50 @@ env_id                    image from             vector                         
 any other id              ``render()``           the observation, if a 1-D Box     as is    1
                           (or the observation    (an image observation: none)
                           if it is an image)
+a dict observation        ``obs[image_key]``,    ``obs[k]`` for k in vector_keys,  as is    1
+(any id, with             else ``render()``      flattened and concatenated
+``SourceOptions`` keys)                          (named ``k`` or ``k_i``)
 ========================  =====================  ================================  =======  ==========
+
+Any id gymnasium can make works, a user's own too: ``"mypkg.envs:MyEnv-v0"``
+imports ``mypkg.envs`` (which registers ``MyEnv-v0``) first. ``SourceOptions``
+carries what such an env needs: constructor kwargs for ``gymnasium.make`` and,
+for a dict observation, which entry is the image and which make the vector.
 
 Rewards, ``terminated``, ``truncated`` and ``info`` pass through unchanged;
 ``render()`` returns the wrapped environment's own frame (full resolution).
-The spec of a source is ``source_spec(env)``.
+The spec of a source is ``source_spec(env)``. The wrapper itself, the image
+resize and the vector readers are in ``envs/source_wrapper.py``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, SupportsFloat
+import warnings
+from collections.abc import Mapping
+from typing import Any
 
 import gymnasium as gym
-import numpy as np
 from gymnasium import spaces
 
-from worldmodel.spec import EnvSpec, ImageSpec
+from envs.source_wrapper import (
+    CAR_RACING_VECTOR_NAMES,
+    SourceWrapper,
+    is_flat_box,
+    is_image_box,
+    resize_image,
+)
+from worldmodel.spec import EnvSpec
 
 __all__ = [
     "CAR_RACING_VECTOR_NAMES",
+    "SourceOptions",
     "SourceWrapper",
     "make_source",
     "resize_image",
     "source_spec",
 ]
-
-#: CarRacing's vector observation, read from ``env.unwrapped.car`` (Box2D units).
-#: Wheels in car_dynamics.WHEELPOS order: front-left, front-right, rear-left, rear-right.
-CAR_RACING_VECTOR_NAMES: tuple[str, ...] = (
-    "speed",  # norm of the hull's linear velocity (what the env's own speed bar shows)
-    "angular_velocity",  # hull angular velocity
-    "steering",  # front-left wheel joint angle
-    "wheel_omega_fl",
-    "wheel_omega_fr",
-    "wheel_omega_rl",
-    "wheel_omega_rr",
-)
 
 #: Names of the state dimensions of classic-control envs, from their docstrings;
 #: keyed by the id without namespace and version. Other envs get obs_0, obs_1, ...
@@ -72,204 +78,78 @@ _KNOWN_VECTOR_NAMES: dict[str, tuple[str, ...]] = {
 #: Atari frame skip as in DIAMOND's Atari 100k setting.
 ATARI_FRAME_SKIP = 4
 
-_IMAGE_FROM = ("observation", "render")
-_VECTOR_FROM = (None, "observation", "car_racing")
 
+@dataclasses.dataclass(frozen=True)
+class SourceOptions:
+    """How to make and read an env beyond its id (plain data: it travels to Ray workers).
 
-# -- images -----------------------------------------------------------------
-def resize_image(frame: np.ndarray, size: int) -> np.ndarray:
-    """Resize an (H, W, 3) uint8 frame to (size, size, 3) uint8 with torchvision.
-
-    Bilinear with antialias on the uint8 CHW tensor (torchvision's fast uint8
-    path), so 96x96 or 210x160 frames shrink without aliasing.
-    """
-    import torch
-    from torchvision.transforms.v2 import functional as F
-
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 frame, got {frame.shape} {frame.dtype}")
-    h, w, _ = frame.shape
-    if (h, w) == (size, size):
-        return np.ascontiguousarray(frame)
-    if not frame.flags.writeable:  # torch.from_numpy warns on read-only arrays
-        frame = frame.copy()
-    chw = torch.from_numpy(frame).permute(2, 0, 1)
-    out = F.resize(chw, [size, size], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-    return np.ascontiguousarray(out.permute(1, 2, 0).numpy())
-
-
-def _is_image_box(space: gym.Space) -> bool:
-    return (
-        isinstance(space, spaces.Box)
-        and space.dtype == np.uint8
-        and len(space.shape) == 3
-        and space.shape[2] == 3
-    )
-
-
-def _is_flat_box(space: gym.Space) -> bool:
-    return isinstance(space, spaces.Box) and len(space.shape) == 1 and space.shape[0] > 0
-
-
-# -- the wrapper --------------------------------------------------------------
-class SourceWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
-    """Turn an env's observation into ``{"image": (S, S, 3) uint8, "vector": (D,) float32}``
-    (or the image alone when there is no vector), as its :class:`EnvSpec` says.
-
-    Constructor arguments are plain data (no callables) so that gymnasium
-    records this wrapper in ``env.spec`` and ``gymnasium.make(env.spec)``
-    rebuilds the whole source.
-
-    Args:
-        env: the environment to wrap (already frame-skipped where needed).
-        image_from: ``"observation"`` (the env's observation is the frame) or
-            ``"render"`` (the frame is ``env.render()``; needs render_mode "rgb_array").
-        vector_from: None, ``"observation"`` (the env's flat Box observation)
-            or ``"car_racing"`` (speed, yaw rate, steering, wheel speeds).
-        image_size: side S of the square image.
-        vector_names: names of the vector dims (default ``obs_0 ...``).
-        source_id: the id recorded as ``spec.env_id``.
-        frame_skip: env frames per step, recorded in the spec (the skipping
-            itself is done by the wrapped env).
+    Attributes:
+        env_kwargs: keyword arguments for ``gymnasium.make`` (so for the env's constructor).
+        image_key: a dict observation's entry that is the image ((H, W, 3) uint8; resized
+            to the source's size); None: the image is ``render()``.
+        vector_keys: a dict observation's Box entries that make the vector, in this order.
     """
 
-    def __init__(
-        self,
-        env: gym.Env,
-        *,
-        image_from: str = "observation",
-        vector_from: str | None = None,
-        image_size: int = 64,
-        vector_names: tuple[str, ...] | None = None,
-        source_id: str = "",
-        frame_skip: int = 1,
-    ) -> None:
-        gym.utils.RecordConstructorArgs.__init__(
-            self,
-            image_from=image_from,
-            vector_from=vector_from,
-            image_size=image_size,
-            vector_names=vector_names,
-            source_id=source_id,
-            frame_skip=frame_skip,
-        )
-        gym.Wrapper.__init__(self, env)
-        if image_from not in _IMAGE_FROM:
-            raise ValueError(f"image_from must be one of {_IMAGE_FROM}, got {image_from!r}")
-        if vector_from not in _VECTOR_FROM:
-            raise ValueError(f"vector_from must be one of {_VECTOR_FROM}, got {vector_from!r}")
-        if image_from == "observation" and not _is_image_box(env.observation_space):
-            raise ValueError(
-                f"image_from='observation' needs an (H, W, 3) uint8 observation, got {env.observation_space}"
-            )
-        if image_from == "render" and env.render_mode != "rgb_array":
-            raise ValueError(f"image_from='render' needs render_mode='rgb_array', got {env.render_mode!r}")
-        if vector_from == "observation" and not _is_flat_box(env.observation_space):
-            raise ValueError(
-                f"vector_from='observation' needs a 1-D Box observation, got {env.observation_space}"
-            )
-        self._image_from = image_from
-        self._vector_from = vector_from
-        self._image_size = int(image_size)
+    env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    image_key: str | None = None
+    vector_keys: tuple[str, ...] = ()
 
-        # The spec first, then the spaces from it: they are equal by construction.
-        if vector_from == "car_racing":
-            size = len(CAR_RACING_VECTOR_NAMES)
-            vector_names = vector_names or CAR_RACING_VECTOR_NAMES
-        elif vector_from == "observation":
-            size = int(env.observation_space.shape[0])
-            vector_names = vector_names or tuple(f"obs_{i}" for i in range(size))
-        else:
-            size, vector_names = 0, None
-        image_space = spaces.Box(0, 255, (self._image_size, self._image_size, 3), np.uint8)
-        target = (
-            spaces.Dict({"image": image_space, "vector": spaces.Box(-np.inf, np.inf, (size,), np.float32)})
-            if vector_names
-            else image_space
-        )
-        spec = EnvSpec.from_spaces(
-            target,
-            env.action_space,
-            vector_names=vector_names,
-            env_id=source_id,
-            frame_skip=int(frame_skip),
-        )
-        extra: dict[str, Any] = {"image_from": image_from}
-        if image_from == "observation":
-            # A list, not a tuple: extra must survive a JSON round trip unchanged.
-            extra["source_image_shape"] = [int(s) for s in env.observation_space.shape]
-        self.spec_data: EnvSpec = dataclasses.replace(spec, extra=extra)
-        self.observation_space = self.spec_data.observation_space()
-        self.action_space = self.spec_data.action_space()
+    @property
+    def picks_keys(self) -> bool:
+        return self.image_key is not None or bool(self.vector_keys)
 
-    # -- observation ----------------------------------------------------------
-    def _observation(self, obs: Any) -> np.ndarray | dict[str, np.ndarray]:
-        frame = obs if self._image_from == "observation" else self.env.render()
-        if frame is None:
-            raise RuntimeError(f"{self.env} returned no frame; is render_mode 'rgb_array'?")
-        image = resize_image(np.asarray(frame), self._image_size)
-        if self._vector_from is None:
-            return image
-        if self._vector_from == "observation":
-            vector = np.asarray(obs, dtype=np.float32).reshape(-1)
-        else:
-            vector = _car_racing_vector(self.env.unwrapped)
-        return {"image": image, "vector": vector}
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[Any, dict[str, Any]]:
-        obs, info = self.env.reset(seed=seed, options=options)
-        return self._observation(obs), info
-
-    def step(self, action: Any) -> tuple[Any, SupportsFloat, bool, bool, dict[str, Any]]:
-        obs, reward, terminated, truncated, info = self.env.step(action)
-        return self._observation(obs), reward, terminated, truncated, info
-
-
-def _car_racing_vector(car_racing: gym.Env) -> np.ndarray:
-    """The 7 values of CAR_RACING_VECTOR_NAMES, read from CarRacing's Box2D car."""
-    car = car_racing.car  # type: ignore[attr-defined]
-    if car is None:  # only before the first reset or after close()
-        return np.zeros(len(CAR_RACING_VECTOR_NAMES), np.float32)
-    velocity = car.hull.linearVelocity
-    values = [
-        float(np.hypot(velocity[0], velocity[1])),
-        float(car.hull.angularVelocity),
-        float(car.wheels[0].joint.angle),
-        *(float(wheel.omega) for wheel in car.wheels),
-    ]
-    return np.asarray(values, dtype=np.float32)
+    def to_attrs(self) -> dict[str, Any]:
+        """The options that are set, as JSON-ready attrs (what a store part records)."""
+        attrs: dict[str, Any] = {}
+        if self.env_kwargs:
+            attrs["env_kwargs"] = dict(self.env_kwargs)
+        if self.image_key is not None:
+            attrs["image_key"] = self.image_key
+        if self.vector_keys:
+            attrs["vector_keys"] = list(self.vector_keys)
+        return attrs
 
 
 # -- construction -------------------------------------------------------------
 def make_source(
-    env_id: str, *, image_size: int = 64, render_mode: str | None = None, **env_kwargs: Any
+    env_id: str,
+    *,
+    image_size: int = 64,
+    render_mode: str | None = None,
+    options: SourceOptions | None = None,
+    **env_kwargs: Any,
 ) -> gym.Env:
     """Make the real environment ``env_id`` as a source in EnvSpec form.
 
     Args:
         env_id: a gymnasium id: ``CarRacing-v3``, ``ALE/<Game>-v5``,
             ``CartPole-v1``, or any env with an image observation or an
-            ``rgb_array`` render mode.
+            ``rgb_array`` render mode, a ``"module:EnvId"`` of a user's own too.
         image_size: side of the square uint8 image (64 by default).
         render_mode: passed to the env where its observation is the image
             (CarRacing, ALE: None, "rgb_array", "human"); envs whose image is
             rendered are always made with "rgb_array", and any other value is
             a ValueError.
-        **env_kwargs: passed to ``gymnasium.make``. For ``ALE/*``,
-            ``frameskip`` sets the wrapper's frame skip (default 4) and
-            ``repeat_action_probability`` defaults to 0.0.
+        options: env kwargs, and the image and vector keys of a dict
+            observation (see SourceOptions).
+        **env_kwargs: passed to ``gymnasium.make`` (over ``options.env_kwargs``).
+            For ``ALE/*``, ``frameskip`` sets the wrapper's frame skip
+            (default 4) and ``repeat_action_probability`` defaults to 0.0.
 
     Returns:
         The wrapped env; its spec is ``source_spec(env)``.
 
     Raises:
-        ValueError: unsupported observation or action spaces, or a render
-            mode that cannot give frames.
+        ValueError: unsupported observation or action spaces, a render mode
+            that cannot give frames, or keys the observation does not have.
+        TypeError: kwargs the env's constructor rejects (from gymnasium.make).
     """
     if not isinstance(image_size, int) or image_size <= 0:
         raise ValueError(f"image_size must be a positive int, got {image_size!r}")
+    options = options or SourceOptions()
+    env_kwargs = {**options.env_kwargs, **env_kwargs}
+    if options.picks_keys:
+        return _make_dict_source(env_id, image_size, render_mode, env_kwargs, options)
     if env_id.startswith("CarRacing"):
         return _make_car_racing(env_id, image_size, render_mode, env_kwargs)
     if env_id.startswith("ALE/"):
@@ -324,7 +204,7 @@ def _make_atari(
     # itself runs every frame (frameskip=1) so the wrapper can take that max.
     kwargs.setdefault("repeat_action_probability", 0.0)
     env = gym.make(env_id, frameskip=1, render_mode=render_mode, **kwargs)
-    if not _is_image_box(env.observation_space):
+    if not is_image_box(env.observation_space):
         env.close()
         raise ValueError(f"{env_id}: a source needs RGB frames (obs_type='rgb'), got {env.observation_space}")
     if frame_skip > 1:
@@ -351,11 +231,16 @@ def _make_generic(
             f"{env_id}: the image comes from render(), so render_mode must be None or 'rgb_array', "
             f"got {render_mode!r}"
         )
-    env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
+    env = _make_rendering(env_id, env_kwargs)
     try:
-        if _is_image_box(env.observation_space):
+        if is_image_box(env.observation_space):
             return SourceWrapper(env, image_from="observation", image_size=image_size, source_id=env_id)
-        if not _is_flat_box(env.observation_space):
+        if isinstance(env.observation_space, spaces.Dict):
+            raise ValueError(
+                f"{env_id}: a dict observation (keys: {', '.join(env.observation_space.spaces)}) needs an "
+                "image_key and/or vector_keys (--image-key, --vector-keys) saying which entries to record"
+            )
+        if not is_flat_box(env.observation_space):
             raise ValueError(
                 f"{env_id}: unsupported observation space {env.observation_space}; a source needs an "
                 "(H, W, 3) uint8 image observation or a 1-D Box observation plus rgb_array rendering"
@@ -378,6 +263,56 @@ def _make_generic(
     except Exception:
         env.close()
         raise
+
+
+def _make_dict_source(
+    env_id: str, image_size: int, render_mode: str | None, env_kwargs: dict[str, Any], options: SourceOptions
+) -> gym.Env:
+    """Any env with a dict observation: the image from ``obs[image_key]`` (else ``render()``), the vector from
+    ``obs[k]`` for ``k`` in ``vector_keys``."""
+    _quiet_pygame()
+    if options.image_key is None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"{env_id}: the image comes from render(), so render_mode must be None or "
+                             f"'rgb_array', got {render_mode!r}")
+        env = _make_rendering(env_id, env_kwargs)
+    else:  # render_mode only when there is one: an env whose frames are in its observation need not take it
+        env = gym.make(env_id, **env_kwargs, **({"render_mode": render_mode} if render_mode else {}))
+    try:
+        if options.image_key is None and "rgb_array" not in env.metadata.get("render_modes", ()):
+            modes = env.metadata.get("render_modes")
+            raise ValueError(f"{env_id}: needs the 'rgb_array' render mode for its image (or an image_key), "
+                             f"has {modes}")
+        return SourceWrapper(
+            env,
+            image_from="observation" if options.image_key else "render",
+            vector_from="observation" if options.vector_keys else None,
+            image_size=image_size,
+            source_id=env_id,
+            image_key=options.image_key,
+            vector_keys=options.vector_keys or None,
+        )
+    except Exception:
+        env.close()
+        raise
+
+
+def _make_rendering(env_id: str, env_kwargs: dict[str, Any]) -> gym.Env:
+    """``gymnasium.make`` with render_mode "rgb_array"; an env whose constructor takes no render_mode (a
+    user's own, say) is a ValueError that says so, not the TypeError gymnasium raises."""
+    try:
+        with warnings.catch_warnings():  # a mode the env does not list: the callers below say so in their error
+            warnings.filterwarnings("ignore", message=".*not in the possible render_modes")
+            return gym.make(env_id, render_mode="rgb_array", **env_kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument 'render_mode'" not in str(err):
+            raise
+    env = gym.make(env_id, **env_kwargs)  # only to name the observation's keys, where it has some
+    space = env.observation_space
+    env.close()
+    keys = f" (its observation's keys: {', '.join(space.spaces)})" if isinstance(space, spaces.Dict) else ""
+    raise ValueError(f"{env_id} takes no render_mode, so it cannot render frames: record an image from its "
+                     f"observation instead{keys} (image_key, --image-key)")
 
 
 def _quiet_pygame() -> None:

@@ -119,18 +119,23 @@ def check_output_directory(path: str | None, flag: str = "--out") -> None:
             return
 
 
-def check_env_id(env_id: str, source: str = "--env") -> None:
+def check_env_id(env_id: str, source: str = "--env", options: Any = None) -> None:
     """CliError unless `env_id` makes a real source env: an unknown id, a `module:Env` id whose module does not
-    import, an env whose dependencies are missing, or one with no usable frames. `source` names where the id
-    came from in the message."""
+    import, an env whose dependencies are missing, or one with no usable frames; with `options`
+    (envs.sources.SourceOptions), kwargs the env rejects or dict keys it does not have. `source` names where
+    the id came from in the message."""
     import gymnasium
 
     from envs.sources import make_source
 
     try:
-        make_source(env_id).close()
+        make_source(env_id, options=options).close()
     except (ValueError, ImportError, gymnasium.error.Error) as err:
         raise CliError(f"{source} {env_id}: {one_line_message(err)}") from err
+    except TypeError as err:  # gymnasium.make passes on the constructor's TypeError for kwargs it rejects
+        if options is None or not options.env_kwargs:
+            raise
+        raise CliError(f"{source} {env_id} rejects its kwargs: {one_line_message(err)}") from err
 
 
 def one_line_message(err: BaseException) -> str:
