@@ -3,6 +3,7 @@
 One module per group of subcommands, one `add_*_command` and one `run_*` function per subcommand:
 
     data.py     collect, info
+    importing.py import: a Minari dataset or a folder of videos
     train.py    train vae | mdnrnn | diffusion | controller | rllib (shared flags: common.add_training_arguments)
     models.py   bundle, eval-model
     agents.py   eval, demo
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 from worldmodel.cli.agents import add_demo_command, add_eval_command
 from worldmodel.cli.common import CliError, add_training_arguments, check_output_directory
 from worldmodel.cli.data import add_collect_command, add_info_command
+from worldmodel.cli.importing import add_import_command
 from worldmodel.cli.models import add_bundle_command, add_eval_model_command
 from worldmodel.cli.serving import add_play_command, add_serve_command
 from worldmodel.cli.train import add_train_command
@@ -39,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn simulators from recorded episodes and serve them to agents.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_collect_command, add_info_command, add_train_command, add_eval_command, add_bundle_command,
-                add_eval_model_command, add_serve_command, add_play_command, add_demo_command):
+    for add in (add_collect_command, add_import_command, add_info_command, add_train_command, add_eval_command,
+                add_bundle_command, add_eval_model_command, add_serve_command, add_play_command, add_demo_command):
         add(subparsers)
     return parser
 

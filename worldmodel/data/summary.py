@@ -1,4 +1,4 @@
-"""What `worldmodel info` prints: a store's size, spec and per-episode statistics."""
+"""What `worldmodel info` prints: a store's size, spec, per-episode statistics and where its parts came from."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from worldmodel.data.layout import part_path, zarr_store
 from worldmodel.data.store import EpisodeStore
 
 
@@ -25,6 +26,7 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
         "env_id": store.spec.env_id,
         "spec": store.spec.to_dict(),
         "parts": len(store.part_ids()),
+        "provenance": provenance(store),
         "episodes": len(episodes),
         "steps": int(lengths.sum()),
         "bytes_on_disk": on_disk,
@@ -34,6 +36,36 @@ def summarize(store: EpisodeStore) -> dict[str, Any]:
         "episode_return": _stats(returns),
         "terminated_episodes": int(ended.sum()),
     }
+
+
+def provenance(store: EpisodeStore) -> list[dict[str, Any]]:
+    """Where the parts came from, grouped: [{"from": "collect CartPole-v1 (random)", "parts": 3, "episodes": 12}, ...],
+    in the order of the parts (by writer id, so by time). The label comes from the attrs each writer gave its part."""
+    import zarr
+
+    episodes: dict[str, int] = {}
+    for ref in store.episodes:
+        episodes[ref.part] = episodes.get(ref.part, 0) + 1
+    root = zarr.open_group(zarr_store(store.location, read_only=True, storage_options=store.storage_options), mode="r")
+    groups: dict[str, dict[str, Any]] = {}
+    for part_id in store.part_ids():
+        label = provenance_label(root[part_path(part_id)].attrs.asdict())
+        group = groups.setdefault(label, {"from": label, "parts": 0, "episodes": 0})
+        group["parts"] += 1
+        group["episodes"] += episodes.get(part_id, 0)
+    return list(groups.values())
+
+
+def provenance_label(attrs: dict[str, Any]) -> str:
+    """One part's origin in words: `collect ENV (POLICY)`, `import minari:DATASET`, `import video:FOLDER`."""
+    source = attrs.get("source")
+    if source == "minari":
+        return f"import minari:{attrs.get('dataset', '?')}"
+    if source == "video":
+        return f"import video:{attrs.get('folder', '?')}"
+    if "env_id" in attrs:
+        return f"collect {attrs['env_id']} ({attrs.get('policy', '?')})"
+    return "a writer that recorded no origin"
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -59,6 +91,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"action       {action_text}",
             f"episodes     {summary['episodes']} in {summary['parts']} parts, "
             f"{summary['terminated_episodes']} terminated, the rest truncated",
+            f"parts        {_provenance_text(summary.get('provenance', []))}",
             f"steps        {summary['steps']}",
             f"length       mean {length['mean']:.1f} +- {length['std']:.1f}, min {length['min']:.0f}, max {length['max']:.0f}",
             f"return       mean {ret['mean']:.2f} +- {ret['std']:.2f}, min {ret['min']:.2f}, max {ret['max']:.2f}",
@@ -66,3 +99,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"compression {summary['compression_ratio']:.1f}x",
         ]
     )
+
+
+def _provenance_text(groups: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{group['parts']} from {group['from']}" for group in groups) or "none"
