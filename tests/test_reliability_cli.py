@@ -230,6 +230,7 @@ def test_every_seed_and_context_flag_refuses_bad_values():
 
 OUT_COMMANDS = {  # every subcommand with --out, and the least it needs besides
     "collect": ["--env", "CartPole-v1", "--episodes", "1"],
+    "import": ["--video", "v"],
     "train vae": ["--store", "s"],
     "train mdnrnn": ["--store", "s", "--vae", "v"],
     "train diffusion": ["--store", "s"],

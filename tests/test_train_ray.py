@@ -128,6 +128,7 @@ def _weights(run: Path) -> bytes:
     return (Path(run) / "model.safetensors").read_bytes()
 
 
+@pytest.mark.slow  # a Ray Train fit (about 38 s): make test stays under its 15 minutes; seeded dreams are tested fast
 def test_the_same_seed_trains_the_same_weights(vmc_runs, tmp_path):
     """Training is reproducible: the session's tiny V, trained again with its seed, is the same bit for bit."""
     from worldmodel.train.launcher import LaunchOptions
@@ -137,7 +138,7 @@ def test_the_same_seed_trains_the_same_weights(vmc_runs, tmp_path):
     assert _weights(again) == _weights(Path(vmc_runs["vae"]) / "model")
 
 
-@pytest.mark.slow  # a second Ray Train fit (about 30 s); the same-seed test above keeps the fast half
+@pytest.mark.slow  # a Ray Train fit (about 30 s)
 def test_another_seed_trains_other_weights(vmc_runs, tmp_path):
     """Initial weights and batches both follow the seed, so the seed reaches the workers."""
     from worldmodel.train.launcher import LaunchOptions
