@@ -67,7 +67,7 @@ __all__ = [
 
 #: Names of the state dimensions of classic-control envs, from their docstrings;
 #: keyed by the id without namespace and version. Other envs get obs_0, obs_1, ...
-_KNOWN_VECTOR_NAMES: dict[str, tuple[str, ...]] = {
+KNOWN_VECTOR_NAMES: dict[str, tuple[str, ...]] = {
     "CartPole": ("cart_position", "cart_velocity", "pole_angle", "pole_angular_velocity"),
     "MountainCar": ("position", "velocity"),
     "MountainCarContinuous": ("position", "velocity"),
@@ -249,7 +249,7 @@ def _make_generic(
             modes = env.metadata.get("render_modes")
             raise ValueError(f"{env_id}: needs the 'rgb_array' render mode for its image, has {modes}")
         base = env_id.split("/")[-1].split("-v")[0]
-        names = _KNOWN_VECTOR_NAMES.get(base)
+        names = KNOWN_VECTOR_NAMES.get(base)
         if names is not None and len(names) != env.observation_space.shape[0]:
             names = None  # a variant with another state size: fall back to obs_i
         return SourceWrapper(

@@ -140,13 +140,13 @@ def _recover_rendering_env(data, dataset: str) -> gym.Env:
 
 def _spec(data, env: gym.Env | None, image_key, vector_keys, image_size: int, dataset: str) -> EnvSpec:
     """The spec `collect` would give: the collector's SourceWrapper around the recovered env or the dataset's spaces."""
-    from envs.sources import _KNOWN_VECTOR_NAMES, SourceWrapper
+    from envs.sources import KNOWN_VECTOR_NAMES, SourceWrapper
 
     env_id = data.spec.env_spec.id if data.spec.env_spec else ""
     flat_vector = env is not None and not vector_keys and not isinstance(data.observation_space, spaces.Dict)
     names = None
     if flat_vector:  # collect names the state of known envs (CartPole's cart_position, ...)
-        known = _KNOWN_VECTOR_NAMES.get(env_id.split("/")[-1].split("-v")[0])
+        known = KNOWN_VECTOR_NAMES.get(env_id.split("/")[-1].split("-v")[0])
         names = known if known and len(known) == int(np.prod(data.observation_space.shape)) else None
     try:
         wrapper = SourceWrapper(

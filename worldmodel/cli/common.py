@@ -131,19 +131,15 @@ def check_env_id(env_id: str, source: str = "--env", options: Any = None) -> Non
     try:
         make_source(env_id, options=options).close()
     except (ValueError, ImportError, gymnasium.error.Error) as err:
-        raise CliError(f"{source} {env_id}: {one_line_message(err)}") from err
+        raise CliError(f"{source} {env_id}: {err}") from err
     except TypeError as err:  # gymnasium.make passes on the constructor's TypeError for kwargs it rejects
         if options is None or not options.env_kwargs:
             raise
-        raise CliError(f"{source} {env_id} rejects its kwargs: {one_line_message(err)}") from err
-
-
-def one_line_message(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+        raise CliError(f"{source} {env_id} rejects its kwargs: {err}") from err
 
 
 __all__ = [
     "CliError", "TrainingFlags", "add_command", "add_training_arguments", "bounded_number", "check_env_id",
-    "check_output_directory", "one_line_message",
+    "check_output_directory",
     "model_dir", "non_negative_float", "non_negative_int", "positive_float", "positive_int", "seed_int",
 ]
