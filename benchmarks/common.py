@@ -69,6 +69,51 @@ def require_positive(parser: argparse.ArgumentParser, args: argparse.Namespace, 
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """--device: where the models run ("cpu", "cuda", "cuda:1"); `device_report` checks and names it."""
+    parser.add_argument("--device", default="cpu",
+                        help="torch device the models run on (cpu, cuda, cuda:N); the report names the GPU")
+
+
+def device_report(device: str) -> dict:
+    """{"device": ..., "device_name": ...} for the JSON line; SystemExit with one line when `device` is unusable.
+    Imports torch: call after set_quiet_env."""
+    import platform
+
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):  # torch's message lists twenty device types this project never runs on
+        raise SystemExit(f"--device {device}: not a torch device; use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {device}: torch sees no CUDA GPU on this machine")
+        index = resolved.index if resolved.index is not None else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise SystemExit(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+        return {"device": str(resolved), "device_name": torch.cuda.get_device_name(index)}
+    if resolved.type != "cpu":
+        raise SystemExit(f"--device {device}: only cpu and cuda are supported")
+    return {"device": "cpu", "device_name": f"{_cpu_model() or platform.machine()}, {os.cpu_count()} CPUs"}
+
+
+def _cpu_model() -> str | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): timings must include it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 # -- where a run writes -------------------------------------------------------------
 @contextlib.contextmanager
 def scratch_workdir(args, prefix: str) -> Iterator[Path]:

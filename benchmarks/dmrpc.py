@@ -208,10 +208,10 @@ def main(argv=None) -> int:
                           log=workdir / "serve.log", threads=args.torch_threads or None) as server:
             plan = [
                 ("native_1", "native StepStream, 1 agent",
-                 lambda: asyncio.run(agents_load(server.address, spec, 1, 1, "pixels", args, stream=True))),
+                 lambda: asyncio.run(agents_load(server.address, spec, 1, 1, "pixels", args, path="stream"))),
                 ("dm_1", "dm_env_rpc, 1 agent", lambda: asyncio.run(dm_agents_load(server.address, spec, 1, args))),
                 ("native_n", f"native StepStream, {args.agents} agents",
-                 lambda: asyncio.run(agents_load(server.address, spec, args.agents, 1, "pixels", args, stream=True))),
+                 lambda: asyncio.run(agents_load(server.address, spec, args.agents, 1, "pixels", args, path="stream"))),
                 ("dm_n", f"dm_env_rpc, {args.agents} agents",
                  lambda: asyncio.run(dm_agents_load(server.address, spec, args.agents, args))),
                 ("client", "SimulatorClient.step_stream, 1 blocking agent",

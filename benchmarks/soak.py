@@ -9,12 +9,14 @@ installed) is sampled every --sample-seconds. Printed: each sample, then the
 RSS before any session, at the first sample under load, at its peak and at
 the end, the growth over the second half of the run, and the steps done.
 A soak, not a stress test: the rate is kept well under what the machine can do.
+--device: where the server's models run (`worldmodel serve --device`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -24,8 +26,8 @@ if not __package__:  # `python benchmarks/soak.py`: import from the repo root, w
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from benchmarks.common import (  # noqa: E402
-    MODEL_NAME, ServeProcess, add_bundle_arguments, benchmark_parser, build_bundle, random_actions, scratch_workdir,
-    set_quiet_env,
+    MODEL_NAME, ServeProcess, add_bundle_arguments, add_device_argument, benchmark_parser, build_bundle, device_report,
+    random_actions, scratch_workdir, set_quiet_env,
 )
 
 set_quiet_env()
@@ -54,6 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=40.0, help="Step calls per second, all threads together, at most")
     parser.add_argument("--churn", type=int, default=10, help="sessions closed and created afresh every minute")
     parser.add_argument("--sample-seconds", type=float, default=10.0, help="RSS sampling period")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     if args.minutes <= 0 or args.sessions < 1 or args.threads < 1 or args.rate <= 0 or args.sample_seconds <= 0:
         parser.error("--minutes, --sessions, --threads, --rate and --sample-seconds must be positive")
@@ -158,16 +161,18 @@ def worker(address: str, spec, indices: list[int], churn: int, args, stop: threa
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    device = device_report(args.device)
     with scratch_workdir(args, "wm-soak-") as workdir:
         bundle = Path(args.bundle) if args.bundle else build_bundle(args, workdir)
         from worldmodel.bundle import read_bundle_config
 
         spec = read_bundle_config(bundle)["spec"]
-        flags = ["--max-sessions", str(args.sessions + args.churn + 16), "--idle-ttl", "600"]
+        flags = ["--max-sessions", str(args.sessions + args.churn + 16), "--idle-ttl", "600", "--device", args.device]
         with ServeProcess({MODEL_NAME: bundle}, *flags, log=workdir / "serve.log") as server:
             idle = rss_bytes(server.pid)
             print(f"soak: {args.sessions} sessions, {args.threads} client threads, at most {args.rate:g} calls/s, "
-                  f"{args.minutes:g} min; server pid {server.pid} on {server.address}, RSS {mib(idle)} before any session",
+                  f"{args.minutes:g} min; server pid {server.pid} on {server.address} ({device['device_name']}), "
+                  f"RSS {mib(idle)} before any session",
                   flush=True)
             counters, stop = Counters(), threading.Event()
             shares = [share for t in range(args.threads) if (share := list(range(args.sessions))[t :: args.threads])]
@@ -213,19 +218,21 @@ def main(argv=None) -> int:
             "steps": counters.steps, "resets": counters.resets, "steps_per_s": counters.steps / elapsed,
             "sessions_created": counters.created, "sessions_closed": counters.closed,
             "errors": len(counters.errors), "server_exit": returncode, "minutes": elapsed / 60,
+            "load_avg": os.getloadavg()[0],
         }
         print()
         print(f"soak summary: {elapsed / 60:.1f} min, {args.sessions} sessions round-robin, "
               f"{counters.steps:,} steps ({figures['steps_per_s']:.1f}/s), {counters.resets:,} resets, "
               f"{counters.created} sessions created / {counters.closed} closed, {len(counters.errors)} errors, "
-              f"server exit {returncode}")
+              f"server exit {returncode}; device {device['device']} ({device['device_name']}), "
+              f"load average {figures['load_avg']:.1f}")
         if rss:
             print(f"  server RSS: {mib(idle)} idle, {mib(sessions_made)} once the sessions exist, "
                   f"{mib(rss[0])} at the first sample under load, peak {mib(max(rss))}, "
                   f"end {mib(rss[-1])}; second half of the run: {growth / 2**20:+.1f} MiB")
         for error in counters.errors[:5]:
             print(f"  error: {error}")
-        print(json.dumps({"benchmark": "soak", **{k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}}))
+        print(json.dumps({"benchmark": "soak", **device, **{k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}}))
     return 0
 
 

@@ -7,7 +7,9 @@ their targets, then as one line of JSON:
    same max steps) of CarRacing-v3, each a `envs.collect.collect` call timed
    after Ray is up and its worker processes are warm (Ray startup and a warm-up
    call are timed and reported separately, not counted); 1- and 2-worker calls
-   alternate, the best of each counts.                      target >= 1.8x
+   alternate, the best of each counts.          floor >= 1.6x (issue 15), on an otherwise idle machine:
+   the load average and, for each worker, its CPU-ms per step and the share of a core it got are
+   reported beside it, so a run beside other load says what it lost to it.
 2. windows/s sampling T=16, batch 64 with `WindowSampler` from a store of real
    CarRacing episodes (>= 20,000 frames) vs the same windows (same rng) cut from
    the same data held in RAM as numpy arrays; cold (fresh sampler, empty chunk
@@ -41,7 +43,8 @@ import numpy as np  # noqa: E402
 
 from worldmodel.data import EpisodeStore, WindowSampler  # noqa: E402
 
-TARGET_SPEEDUP = 1.8
+FLOOR_COLLECT_SPEEDUP = 1.6
+"""Issue 15's floor for 2 collection workers vs 1 (it replaced the earlier target of 1.8x)."""
 TARGET_STORE_VS_RAM = 0.5
 TARGET_COMPRESSION = 6.0
 
@@ -110,6 +113,7 @@ def measure_collection(args, workdir: str, store_path: str | None) -> dict:
         figures["warmup_s"] = time.perf_counter() - start
         figures["collect_load_avg"] = os.getloadavg()[0]
         runs: dict[int, list] = {1: [], args.workers: []}
+        loads: dict[int, list] = {1: [], args.workers: []}
         for r in range(args.ratio_repeats):
             for workers in (1, args.workers):
                 # The first N-worker run seeds the sampled store; the others are scratch, removed at once.
@@ -122,11 +126,13 @@ def measure_collection(args, workdir: str, store_path: str | None) -> dict:
                 if not keep:
                     shutil.rmtree(out, ignore_errors=True)
                 runs[workers].append(summary)
+                loads[workers].append(os.getloadavg()[0])
                 print(f"    {summary.steps} steps in {summary.seconds:.1f} s = {summary.steps_per_second:.1f} steps/s; "
-                      f"tasks {', '.join(f'{p.steps} steps/{p.seconds:.1f} s' for p in summary.parts)}", flush=True)
+                      f"tasks {', '.join(f'{p.steps} steps/{p.seconds:.1f} s/{p.cpu_seconds:.1f} CPU-s' for p in summary.parts)}"
+                      f"; load average {loads[workers][-1]:.2f}", flush=True)
         # Best of the repeats: other load on the machine only ever slows a run down.
-        one = max(runs[1], key=lambda s: s.steps_per_second)
-        many = max(runs[args.workers], key=lambda s: s.steps_per_second)
+        best = {w: max(range(len(rs)), key=lambda i: rs[i].steps_per_second) for w, rs in runs.items()}
+        one, many = runs[1][best[1]], runs[args.workers][best[args.workers]]
         if one.steps != many.steps:
             print(f"  note: the runs differ in steps ({one.steps} vs {many.steps})", flush=True)
         figures.update(
@@ -137,8 +143,15 @@ def measure_collection(args, workdir: str, store_path: str | None) -> dict:
             collect_nw_steps_per_s=many.steps_per_second,
             collect_speedup=many.steps_per_second / one.steps_per_second,
             # The longest task: what the call would take without its fixed costs
-            # (scheduling, the progress actor's process).
+            # (scheduling, starting the tasks).
             collect_nw_task_s=max(p.seconds for p in many.parts),
+            # Load-robust: CPU per step (what a step costs) and cores the workers got (what the machine gave).
+            collect_1w_cpu_ms_per_step=cpu_ms_per_step(one),
+            collect_nw_cpu_ms_per_step=cpu_ms_per_step(many),
+            collect_1w_cores=sum(p.cpu_seconds for p in one.parts) / one.seconds,
+            collect_nw_cores=sum(p.cpu_seconds for p in many.parts) / many.seconds,
+            collect_1w_load_avg=loads[1][best[1]],
+            collect_nw_load_avg=loads[args.workers][best[args.workers]],
         )
         if store_path is not None:
             top_up(args, store_path, figures)
@@ -146,6 +159,11 @@ def measure_collection(args, workdir: str, store_path: str | None) -> dict:
         if started:
             ray.shutdown()
     return figures
+
+
+def cpu_ms_per_step(summary) -> float:
+    """CPU-ms the collecting workers spent per step (env, render, policy, writes), whatever their share of the CPU."""
+    return 1000 * sum(p.cpu_seconds for p in summary.parts) / max(1, summary.steps)
 
 
 def top_up(args, store_path: str, figures: dict) -> None:
@@ -294,11 +312,15 @@ def print_table(args, f: dict, store: EpisodeStore, wall: float) -> None:
         rows += [
             ("collect, 1 worker (steps/s)", f"{f['collect_1w_steps_per_s']:.1f}", "", ""),
             (f"collect, {w} workers (steps/s)", f"{f['collect_nw_steps_per_s']:.1f}", "", ""),
-            (f"collect speedup, {w} vs 1 workers", f"{f['collect_speedup']:.2f}x", f">= {TARGET_SPEEDUP}x",
-             verdict(f["collect_speedup"], TARGET_SPEEDUP)),
+            ("  CPU-ms per step, 1 worker", f"{f['collect_1w_cpu_ms_per_step']:.2f}", "", ""),
+            (f"  CPU-ms per step, {w} workers", f"{f['collect_nw_cpu_ms_per_step']:.2f}", "", ""),
+            ("  cores the workers got, 1 worker", f"{f['collect_1w_cores']:.2f}", "", ""),
+            (f"  cores the workers got, {w} workers", f"{f['collect_nw_cores']:.2f}", "", ""),
+            (f"collect speedup, {w} vs 1 workers", f"{f['collect_speedup']:.2f}x", f">= {FLOOR_COLLECT_SPEEDUP}x",
+             verdict(f["collect_speedup"], FLOOR_COLLECT_SPEEDUP)),
         ]
     else:
-        rows.append(("collect speedup", "skipped", f">= {TARGET_SPEEDUP}x", "-"))
+        rows.append(("collect speedup", "skipped", f">= {FLOOR_COLLECT_SPEEDUP}x", "-"))
     if "fill_steps_per_s" in f:
         rows.append((f"collect, {args.workers} workers, store fill (steps/s)", f"{f['fill_steps_per_s']:.1f}", "", ""))
     rows += [
@@ -327,7 +349,9 @@ def print_table(args, f: dict, store: EpisodeStore, wall: float) -> None:
                      f"Ray startup {f['ray_start_s']:.1f} s and a "
                      f"warm-up call {f['warmup_s']:.1f} s not counted; longest {args.workers}-worker task "
                      f"{f['collect_nw_task_s']:.1f} s of the {f['collect_nw_s']:.1f} s call; load average "
-                     f"{f['collect_load_avg']:.1f} before (Ray workers run niced: other load slows them)")
+                     f"{f['collect_load_avg']:.2f} before, {f['collect_1w_load_avg']:.2f} after the best 1-worker "
+                     f"call, {f['collect_nw_load_avg']:.2f} after the best {args.workers}-worker one (the floor holds on "
+                     f"an otherwise idle machine: other load takes its share of the {os.cpu_count()} cores)")
     notes.append(f"cold: fresh sampler, empty chunk cache, {f['cold_decoded_chunks']} chunks decoded in "
                  f"{args.cold_batches} batches, {f['cold_ms_per_chunk']:.2f} ms each (files in the OS page cache); "
                  f"fill: {f['fill_batches']} more batches, "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,9 @@ class PartResult:
     steps: int = 0
     returns: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    """CPU time of the collecting process over the part (all its threads): with `seconds`, how much of a
+    core the part got, whatever else ran on the machine."""
 
 
 def collect_part(
@@ -52,7 +55,6 @@ def collect_part(
     max_steps: int,
     policy: str | PolicyFactory = "auto",
     writer_id: str | None = None,
-    progress=None,
     storage_options: dict | None = None,
     source_options: SourceOptions | None = None,
 ) -> PartResult:
@@ -60,7 +62,27 @@ def collect_part(
 
     The policy is reseeded with each episode's seed, so an episode replays from its recorded seed.
     """
-    start = time.perf_counter()
+    steps = iter_part(location, env_id, seeds, max_steps, policy, writer_id, storage_options, source_options)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def iter_part(
+    location: str,
+    env_id: str,
+    seeds: list[int],
+    max_steps: int,
+    policy: str | PolicyFactory = "auto",
+    writer_id: str | None = None,
+    storage_options: dict | None = None,
+    source_options: SourceOptions | None = None,
+) -> Generator[tuple[int, int], None, PartResult]:
+    """`collect_part` as a generator: yields progress, (steps, episodes) done since the last yield, every
+    PROGRESS_EVERY steps and at each episode's end; returns the PartResult."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     env = make_source(env_id, options=source_options)
     spec = source_spec(env)
     store = EpisodeStore.open(location, storage_options=storage_options)
@@ -72,25 +94,26 @@ def collect_part(
             result = PartResult(writer.writer_id)
             for seed in seeds:
                 try:
-                    episode_return, unreported = _record_episode(env, actor, writer, int(seed), max_steps, policy,
-                                                                 progress)
+                    episode_return, unreported = yield from _record_episode(env, actor, writer, int(seed), max_steps,
+                                                                            policy)
                 except UserError:
                     writer.discard_episode()  # the policy's mistake, which the error reports: drop it quietly
                     raise
                 result.steps += writer.end_episode(seed=int(seed))
                 result.episodes += 1
                 result.returns.append(episode_return)
-                if progress is not None:
-                    progress.add.remote(unreported, 1)
+                yield unreported, 1
     finally:
         env.close()
     result.seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu_start
     return result
 
 
-def _record_episode(env, actor: Policy, writer, seed: int, max_steps: int, policy, progress) -> tuple[float, int]:
-    """Step one episode from `reset(seed)` into the writer (not ended yet); returns its return and the steps
-    not yet reported to `progress`."""
+def _record_episode(env, actor: Policy, writer, seed: int, max_steps: int,
+                    policy) -> Generator[tuple[int, int], None, tuple[float, int]]:
+    """Step one episode from `reset(seed)` into the writer (not ended yet), yielding progress every
+    PROGRESS_EVERY steps; returns its return and the steps not yet reported."""
     obs, _ = env.reset(seed=seed)
     actor.reset(seed)
     episode_return, unreported = 0.0, 0
@@ -103,12 +126,20 @@ def _record_episode(env, actor: Policy, writer, seed: int, max_steps: int, polic
         episode_return += float(reward)
         obs = next_obs
         unreported += 1
-        if progress is not None and unreported >= PROGRESS_EVERY:
-            progress.add.remote(unreported, 0)
+        if unreported >= PROGRESS_EVERY:
+            yield unreported, 0
             unreported = 0
         if terminated or truncated:
             break
     return episode_return, unreported
+
+
+def _part_task(*args, **kwargs) -> Iterator[tuple[int, int] | PartResult]:
+    """A Ray task's body: `iter_part`'s progress, then its PartResult, as one stream the driver reads while
+    the task runs (Ray's streaming generator: no progress actor, whose process start cost each call about
+    1.2 CPU-seconds on 2 cores)."""
+    result = yield from iter_part(*args, **kwargs)
+    yield result
 
 
 @dataclass
@@ -233,40 +264,34 @@ def _collect_on_ray(out, env_id, seeds, max_steps, policy, workers, show_progres
     from worldmodel.raycluster import init_ray
 
     init_ray()
-
-    @ray.remote(num_cpus=0)
-    class Progress:
-        def __init__(self):
-            self.steps = 0
-            self.episodes = 0
-
-        def add(self, steps: int, episodes: int) -> None:
-            self.steps += steps
-            self.episodes += episodes
-
-        def get(self) -> tuple[int, int]:
-            return self.steps, self.episodes
-
-    progress = Progress.remote()
-    task = ray.remote(num_cpus=1)(collect_part)
+    task = ray.remote(num_cpus=1)(_part_task)
     if ":" in env_id or (isinstance(policy, str) and ":" in policy):
         # A user's module, imported by name in the worker. Only then: a runtime_env of its own costs fresh
         # worker processes, where the project's own envs and policies run on the workers Ray already has.
         task = task.options(runtime_env=worker_runtime_env())
     groups = [g.tolist() for g in np.array_split(np.array(seeds), min(workers, len(seeds)))]
-    pending = [task.remote(out, env_id, group, max_steps, policy, progress=progress, **options) for group in groups]
-    refs = list(pending)
+    streams = [task.remote(out, env_id, group, max_steps, policy, **options) for group in groups]
+    results: dict[int, PartResult] = {}
     try:
         with tqdm(desc=f"collect {env_id}", unit="step", disable=not show_progress) as bar:
+            pending, done = list(streams), 0
             while pending:
-                _, pending = ray.wait(pending, num_returns=len(pending), timeout=0.5)
-                steps, done = ray.get(progress.get.remote())
-                bar.update(steps - bar.n)
-                bar.set_postfix(episodes=f"{done}/{len(seeds)}")
-        return ray.get(refs)
+                ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0.5, fetch_local=False)
+                for stream in ready:
+                    try:
+                        item = ray.get(next(stream))
+                    except StopIteration:
+                        pending.remove(stream)
+                        continue
+                    if isinstance(item, PartResult):
+                        results[streams.index(stream)] = item
+                        continue
+                    steps, episodes = item
+                    done += episodes
+                    bar.update(steps)
+                    bar.set_postfix(episodes=f"{done}/{len(seeds)}")
+        return [results[i] for i in range(len(streams))]
     except ray.exceptions.RayTaskError as err:
         if isinstance(err.cause, UserError):  # the user's mistake, found in a worker: its message, no traceback
             raise err.cause from None
         raise
-    finally:
-        ray.kill(progress)

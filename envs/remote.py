@@ -1,7 +1,9 @@
 """Remote environments: a world model served by `worldmodel serve`, stepped as a gymnasium environment.
 
 `RemoteEnv` is a session of one env, `RemoteVectorEnv` one session of N envs
-(one round trip steps all N, batched on the server). Both speak to the server
+(one round trip steps all N, batched on the server). Steps travel over one
+StepStream kept open per session (no call set up per step); `stream=False`
+makes unary Step calls instead. Both speak to the server
 through services/client.py, the one module of services/ that envs/ may import
 (the dependency direction of DESIGN.md); the dreams themselves run on the
 server, so this module needs neither torch nor a bundle.
@@ -22,7 +24,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from services.client import SimulatorClient
+from services.client import SimulatorClient, StepStream
 from worldmodel.spec import EnvSpec
 
 __all__ = ["RemoteEnv", "RemoteSession", "RemoteVectorEnv"]
@@ -53,6 +55,7 @@ class RemoteSession:
         png: bool,
         root_certificates: bytes | None,
         timeout: float | None,
+        stream: bool = True,
     ):
         if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
             raise ValueError(f"max_episode_steps must be None or an int >= 1, got {max_episode_steps!r}")
@@ -82,6 +85,8 @@ class RemoteSession:
         else:
             self.single_observation_space = self.spec.observation_space()
         self.frames: np.ndarray | None = None  # the last images [N, H, W, C] (pixels mode)
+        self.stream = stream
+        self._steps: StepStream | None = None  # opened on the first step, again after an error ended it
         self.closed = False
 
     def reset(
@@ -93,7 +98,12 @@ class RemoteSession:
 
     def step(self, actions: np.ndarray, reset_mask: np.ndarray | None = None):
         with _as_value_error("step"):
-            reply = self.client.step(self.session_id, actions, reset_mask)
+            if not self.stream:
+                reply = self.client.step(self.session_id, actions, reset_mask)
+            else:
+                if self._steps is None or self._steps.closed:
+                    self._steps = self.client.open_step_stream(self.session_id)
+                reply = self._steps.step(actions, reset_mask)
         return self._observations(reply.observation), reply.reward, reply.terminated, reply.truncated
 
     def _observations(self, observation: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
@@ -108,6 +118,8 @@ class RemoteSession:
         if self.closed:
             return
         self.closed = True
+        if self._steps is not None:
+            self._steps.close()
         try:
             self.client.close_session(self.session_id)
         except grpc.RpcError:
@@ -153,13 +165,14 @@ class _RemoteShell:
         root_certificates: bytes | None = None,
         timeout: float | None = 60.0,
         render_mode: str | None = None,
+        stream: bool = True,
     ) -> RemoteSession:
         """Check the render mode and open the session (ValueError before any call for a bad render mode)."""
         _check_render_mode(render_mode, observation, self.metadata["render_modes"])
         self._session = RemoteSession(
             num_envs, address, model, backend=backend, token=token, temperature=temperature,
             max_episode_steps=max_episode_steps, observation=observation, png=png,
-            root_certificates=root_certificates, timeout=timeout,
+            root_certificates=root_certificates, timeout=timeout, stream=stream,
         )
         self.render_mode = render_mode
         self._needs_reset = True
@@ -212,12 +225,15 @@ class RemoteEnv(_RemoteShell, gym.Env):
     ```python
     gym.make("worldmodel/Remote-v0", address="127.0.0.1:50051", model="carracing", backend="vmc",
              token=None, temperature=1.15, max_episode_steps=1000, observation="pixels", png=False,
-             root_certificates=None, timeout=60.0, render_mode="rgb_array")
+             root_certificates=None, timeout=60.0, render_mode="rgb_array", stream=True)
     ```
     `RemoteEnv(address, model, **options)` takes the keywords shown (defaults:
     backend and temperature the server's, max_episode_steps None, observation
     "pixels", png False, token and root_certificates None, timeout 60 s,
-    render_mode None; an unknown keyword is a TypeError). `model` may be left
+    render_mode None, stream True; an unknown keyword is a TypeError). `stream`
+    steps over one StepStream kept open (False: a unary Step call per step;
+    the same results, more per-step cost on both ends); `timeout` bounds each
+    step either way. `model` may be left
     out when the server hosts one model. `token` is the
     bearer token of a server started with `--token-env`; `root_certificates`
     (PEM bytes) turns on TLS. `close()` closes the session on the server

@@ -28,7 +28,7 @@ from services.guard import RequestGuard
 from services.sessions import (
     LimitError, ServedModel, SessionRegistry, UnknownError, load_served_model, release_freed_memory,
 )
-from services.status import abort, echo
+from services.status import abort, bounded, echo
 from worldmodel.session import OBSERVATION_MODES, DreamBatch
 from worldmodel.v1 import simulator_pb2 as pb
 from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
@@ -41,6 +41,14 @@ _OBSERVATION_MODES = {
 }
 _ENCODINGS = (pb.IMAGE_ENCODING_UNSPECIFIED, pb.IMAGE_ENCODING_RAW, pb.IMAGE_ENCODING_PNG)
 _MESSAGE_OVERHEAD = 1024  # field tags, shapes and the step counter of a StepResponse, generously
+
+
+class StepFailure(Exception):
+    """A step that fails with `code`: its Step call's status, or its item's error in a StepMany reply."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 @dataclass
@@ -184,8 +192,49 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         finally:
             self.open_streams -= 1
 
+    async def StepMany(self, request_iterator, context):
+        self.open_streams += 1
+        try:
+            # At once, before any request: a client waits for it before it sends (services/multiplex.py), so a
+            # refused call reaches it as its status, never as a write that lost the race (INTERNAL).
+            await context.send_initial_metadata(())
+            async for request in request_iterator:
+                yield await self._step_many(request)
+        finally:
+            self.open_streams -= 1
+
     async def _step(self, request: pb.StepRequest, context) -> pb.StepResponse:
-        session = await self._session(request.session_id, context)
+        try:
+            return await self._step_one(request)
+        except StepFailure as failure:
+            await abort(context, failure.code, failure.message)
+
+    async def _step_many(self, request: pb.StepManyRequest) -> pb.StepManyResponse:
+        """Every item as its own Step call, concurrently (so the batcher fuses them); failures per item."""
+        ids = [step.session_id for step in request.steps]
+        if len(set(ids)) != len(ids):  # two steps of one session in one message could not both be answered in order
+            failure = StepFailure(grpc.StatusCode.INVALID_ARGUMENT, "StepMany: a request names a session twice")
+            outcomes = [failure] * len(ids)
+        else:
+            outcomes = await asyncio.gather(*(self._step_one(step) for step in request.steps), return_exceptions=True)
+        reply = pb.StepManyResponse()
+        for outcome in outcomes:
+            if isinstance(outcome, StepFailure):
+                reply.steps.add()
+                reply.errors.add(code=outcome.code.value[0], message=bounded(outcome.message))
+            elif isinstance(outcome, BaseException):
+                raise outcome  # a bug of ours: the guard answers INTERNAL
+            else:
+                reply.steps.append(outcome)
+                reply.errors.add()
+        return reply
+
+    async def _step_one(self, request: pb.StepRequest) -> pb.StepResponse:
+        """One step, or StepFailure with the status its Step call answers."""
+        try:
+            session = self.registry.get(request.session_id)
+        except UnknownError as err:
+            raise StepFailure(grpc.StatusCode.NOT_FOUND, err.args[0]) from None
         dreams = session.dreams
         try:
             actions = wire.actions_from_proto(request.actions, dreams.spec, dreams.num_envs)  # dtype, shape, bounds, NaN
@@ -195,14 +244,14 @@ class SimulatorService(pb_grpc.SimulatorServicer):
                     raise ValueError(f"reset_mask must have {dreams.num_envs} entries, got {len(request.reset_mask)}")
                 mask = dreams.check_reset_mask(np.asarray(request.reset_mask, dtype=bool))
         except ValueError as err:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise StepFailure(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
         session.busy += 1
         try:
             async with session.lock:  # one step at a time per session, in arrival order
                 result = await session.model.batchers[session.backend].step(dreams, actions, mask)
                 steps = dreams.steps_taken
         except ValueError as err:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            raise StepFailure(grpc.StatusCode.INVALID_ARGUMENT, str(err)) from None
         finally:
             session.busy -= 1
             session.touch()

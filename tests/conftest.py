@@ -1,11 +1,19 @@
 """Shared fixtures: one embedded Ray on 127.0.0.1 for the whole session, small real stores and bundles,
-and the background asyncio loop that in-process gRPC servers run on."""
+and the background asyncio loop that in-process gRPC servers run on.
+
+`make test` runs the suite on two pytest-xdist workers (the suite mostly waits on Ray and servers, so two
+share two cores well). The store and the tiny trained bundle are built once for both: the first worker to
+need them builds them under a file lock, the other reads what it wrote.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
 # Before anything imports Ray or pygame (docs/notes.md): loopback only, no usage stats, quiet.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -31,14 +39,34 @@ def ray_local():
         ray.shutdown()
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], object]):
+    """What `build(folder)` returns, built once per test run: by this process alone, or under xdist by the
+    first worker that gets here (the others wait on the lock and read the JSON it left)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the run's folder, above each worker's own
+    done = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            folder = shared / name
+            folder.mkdir()
+            done.write_text(json.dumps(build(folder)))
+        return json.loads(done.read_text())
+
+
 @pytest.fixture(scope="session")
 def cartpole_store(tmp_path_factory, ray_local) -> str:
     """A real CartPole store: 12 episodes from 2 Ray workers (about 300 steps)."""
     from envs.collect import collect
 
-    location = str(tmp_path_factory.mktemp("stores") / "cartpole.zarr")
-    collect("CartPole-v1", location, episodes=12, max_steps=60, workers=2, seed=0, show_progress=False)
-    return location
+    def build(folder: Path) -> str:
+        location = str(folder / "cartpole.zarr")
+        collect("CartPole-v1", location, episodes=12, max_steps=60, workers=2, seed=0, show_progress=False)
+        return location
+
+    return built_once(tmp_path_factory, "stores", build)
 
 
 @pytest.fixture(scope="session")
@@ -49,11 +77,14 @@ def vmc_runs(tmp_path_factory, cartpole_store) -> dict[str, str]:
     from worldmodel.train.mdnrnn import train_mdnrnn
     from worldmodel.train.vae import train_vae
 
-    root = tmp_path_factory.mktemp("vmc")
-    vae = train_vae([cartpole_store], LaunchOptions(out=str(root / "vae")), preset="tiny", max_steps=40)
-    mdnrnn = train_mdnrnn([cartpole_store], str(vae), LaunchOptions(out=str(root / "mdnrnn")), preset="tiny", max_steps=40)
-    bundle = write_vmc_bundle(root / "bundle", vae, mdnrnn, [cartpole_store], contexts=16)
-    return {"vae": str(root / "vae"), "mdnrnn": str(root / "mdnrnn"), "bundle": str(bundle), "store": cartpole_store}
+    def build(root: Path) -> dict[str, str]:
+        vae = train_vae([cartpole_store], LaunchOptions(out=str(root / "vae")), preset="tiny", max_steps=40)
+        mdnrnn = train_mdnrnn([cartpole_store], str(vae), LaunchOptions(out=str(root / "mdnrnn")), preset="tiny",
+                              max_steps=40)
+        bundle = write_vmc_bundle(root / "bundle", vae, mdnrnn, [cartpole_store], contexts=16)
+        return {"vae": str(root / "vae"), "mdnrnn": str(root / "mdnrnn"), "bundle": str(bundle), "store": cartpole_store}
+
+    return built_once(tmp_path_factory, "vmc", build)
 
 
 @pytest.fixture(scope="session")

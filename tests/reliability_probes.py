@@ -21,7 +21,7 @@ Code = grpc.StatusCode
 TOKEN = "fuzz-token"
 AUTH = [("authorization", f"Bearer {TOKEN}")]
 NATIVE_METHODS = tuple(f"/worldmodel.v1.Simulator/{name}" for name in
-                       ("ListModels", "CreateSession", "Reset", "Step", "StepStream", "CloseSession"))
+                       ("ListModels", "CreateSession", "Reset", "Step", "StepStream", "StepMany", "CloseSession"))
 DM_METHOD = "/dm_env_rpc.v1.Environment/Process"
 HEALTH_METHOD = "/grpc.health.v1.Health/Check"
 GARBAGE = (
@@ -45,7 +45,7 @@ def broadcast(shape, value=0.0) -> dm.Tensor:
 
 
 def send_raw(channel, method: str, payload: bytes, metadata=None):
-    if method in (DM_METHOD, "/worldmodel.v1.Simulator/StepStream"):
+    if method in (DM_METHOD, "/worldmodel.v1.Simulator/StepStream", "/worldmodel.v1.Simulator/StepMany"):
         return list(channel.stream_stream(method)(iter([payload]), metadata=metadata, timeout=10))
     return channel.unary_unary(method)(payload, metadata=metadata, timeout=10)
 
@@ -79,7 +79,7 @@ def _tensor(array: np.ndarray, **override) -> pb.Tensor:
 def _garbage_probes(channel) -> list[Probe]:
     request_types = {"ListModels": pb.ListModelsRequest, "CreateSession": pb.CreateSessionRequest,
                      "Reset": pb.ResetRequest, "Step": pb.StepRequest, "StepStream": pb.StepRequest,
-                     "CloseSession": pb.CloseSessionRequest, "Process": dm.EnvironmentRequest,
+                     "StepMany": pb.StepManyRequest, "CloseSession": pb.CloseSessionRequest, "Process": dm.EnvironmentRequest,
                      "Check": health_pb2.HealthCheckRequest}
     probes = []
     for method in (*NATIVE_METHODS, DM_METHOD, HEALTH_METHOD):

@@ -14,10 +14,17 @@ import torch
 
 import worldmodel
 from worldmodel.bundle import read_bundle_config
+from worldmodel.models.noise import RowStreams
 from worldmodel.models.world import Context, Transition
 from worldmodel.train.metrics import read_metrics
 
 STEPS = 40
+
+def streams(keys, step: int = 0) -> RowStreams:
+    """Per-row noise streams keyed `keys`, at `step` (what a DreamBatch passes its model)."""
+    keys = torch.tensor(list(keys), dtype=torch.int64)
+    return RowStreams(keys, torch.full_like(keys, step))
+
 
 
 @pytest.fixture(scope="module")
@@ -101,14 +108,14 @@ def test_sampling_is_seeded_and_a_batch_row_equals_a_batch_of_one(diffusion_run)
     context = model.contexts.select(slice(0, 4))
     actions = torch.tensor([1, 0, 1, 1])
     state = model.initial_state(context)
-    batched, transition = model.step(state, actions, [torch.Generator().manual_seed(i) for i in range(4)])
-    again, twin = model.step(state, actions, [torch.Generator().manual_seed(i) for i in range(4)])
-    other, _ = model.step(state, actions, [torch.Generator().manual_seed(10 + i) for i in range(4)])
+    batched, transition = model.step(state, actions, streams(range(4)))
+    again, twin = model.step(state, actions, streams(range(4)))
+    other, _ = model.step(state, actions, streams(range(10, 14)))
     assert torch.equal(transition.image, twin.image) and torch.equal(transition.terminated, twin.terminated)
     assert not torch.equal(batched["frames"], other["frames"])
     for i in range(4):
         single_state = model.initial_state(context.select(slice(i, i + 1)))
-        single, single_t = model.step(single_state, actions[i : i + 1], [torch.Generator().manual_seed(i)])
+        single, single_t = model.step(single_state, actions[i : i + 1], streams([i]))
         assert (single_t.image[0].int() - transition.image[i].int()).abs().max() <= 1
         assert torch.equal(single_t.terminated[0], transition.terminated[i])
         torch.testing.assert_close(single["h"][0], batched["h"][i], rtol=1e-5, atol=1e-5)
@@ -137,7 +144,7 @@ def test_world_model_contract(diffusion_run, backend):
     assert isinstance(seen, Transition) and seen.image.shape == (b, 64, 64, 3) and seen.image.dtype == torch.uint8
     assert seen.vector.shape == (b, 4)
     for t in range(3):
-        state, transition = model.step(state, torch.tensor([0, 1, 1]), [torch.Generator().manual_seed(t * 10 + i) for i in range(b)])
+        state, transition = model.step(state, torch.tensor([0, 1, 1]), streams(range(b), step=t))
         assert transition.image.dtype == torch.uint8 and transition.image.shape == (b, 64, 64, 3)
         assert transition.vector.dtype == torch.float32 and transition.vector.shape == (b, 4)
         assert transition.reward.dtype == torch.float32 and transition.reward.shape == (b,)
@@ -191,9 +198,9 @@ def test_box_actions_without_vector_untrained_tiny_model():
     state = model.initial_state(context)
     assert state["frames"].shape == (2, 4, 64, 64, 3) and state["actions"].shape == (2, 3, 3) and "vectors" not in state
     action = torch.tensor([[0.5, 1.0, 0.0], [-1.0, 0.2, 0.3]])
-    _, transition = model.step(state, action, [torch.Generator().manual_seed(i) for i in range(2)])
+    _, transition = model.step(state, action, streams(range(2)))
     assert transition.vector is None and transition.image.shape == (2, 64, 64, 3)
-    _, single = model.step(model.initial_state(context.select(slice(1, 2))), action[1:], [torch.Generator().manual_seed(1)])
+    _, single = model.step(model.initial_state(context.select(slice(1, 2))), action[1:], streams([1]))
     assert (single.image[0].int() - transition.image[1].int()).abs().max() <= 1
     with pytest.raises(ValueError, match="box actions must lie"):
         model.step(state, torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))

@@ -24,7 +24,7 @@ def test_generated_code_describes_the_contract():
     service = pb.DESCRIPTOR.services_by_name["Simulator"]
     assert service.full_name == "worldmodel.v1.Simulator"
     assert [m.name for m in service.methods] == [
-        "ListModels", "CreateSession", "Reset", "Step", "StepStream", "CloseSession",
+        "ListModels", "CreateSession", "Reset", "Step", "StepStream", "StepMany", "CloseSession",
     ]
     stream = service.methods_by_name["StepStream"]
     assert stream.client_streaming and stream.server_streaming

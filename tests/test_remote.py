@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import gymnasium
 import numpy as np
@@ -182,3 +183,64 @@ def test_bad_arguments_and_actions_raise_value_error(address):
     env.step(1)  # the env is fine after a bad action
     env.close()
     env.close()  # idempotent
+
+
+def test_the_step_stream_dreams_and_fails_as_unary_steps_do(address):
+    """RemoteVectorEnv steps over one StepStream by default: the same dream as unary Step calls (seed, actions
+    and autoresets alike), and the same errors; after one, the next step opens a new stream."""
+    streamed = RemoteVectorEnv(3, address, "cartpole", max_episode_steps=3, observation="latent")
+    unary = RemoteVectorEnv(3, address, "cartpole", max_episode_steps=3, observation="latent", stream=False)
+    assert streamed._session.stream and not unary._session.stream
+    for envs in (streamed, unary):
+        envs.reset(seed=21)
+    rng = np.random.default_rng(2)
+    for _ in range(7):  # over two autoresets
+        actions = rng.integers(0, 2, size=3)
+        for got, want in zip(streamed.step(actions)[:4], unary.step(actions)[:4]):
+            np.testing.assert_array_equal(got, want)
+    assert streamed._session._steps is not None and not streamed._session._steps.closed
+
+    messages = []
+    for envs in (streamed, unary):
+        with pytest.raises(ValueError, match=r"expected DTYPE_INT64 of shape \(3,\)") as info:
+            envs.step(np.array([0, 1]))
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+    assert streamed._session._steps.closed  # the server ended that stream: the next step opens another
+    np.testing.assert_array_equal(streamed.step(np.array([0, 1, 0]))[0], unary.step(np.array([0, 1, 0]))[0])
+
+    for envs in (streamed, unary):  # the session is gone on the server: NOT_FOUND, as ValueError
+        envs._session.client.close_session(envs.session_id)
+        with pytest.raises(ValueError, match="step: no session"):
+            envs.step(np.array([0, 1, 1]))
+        envs.close()
+
+
+def test_the_step_stream_keeps_auth_and_per_step_timeouts(serve):
+    import grpc
+
+    from services.batcher import BatcherConfig
+
+    running = serve(token="s3cret", batcher=BatcherConfig(window_s=0.8))
+    address = f"127.0.0.1:{running.port}"
+    envs = RemoteVectorEnv(2, address, "cartpole", token="s3cret")
+    envs.reset(seed=0)
+    assert envs.step(np.array([0, 1]))[0]["vector"].shape == (2, 4)  # over the stream, with the token
+    other = RemoteVectorEnv(2, address, "cartpole", token="s3cret")
+    other.reset(seed=1)
+    other.step(np.array([1, 1]))  # `envs` and `other` now share each round: each waits up to the window for the other
+
+    envs._session.client.timeout = 0.2  # per step: a stream opened now cancels a step that waits longer
+    envs._session._steps.close()
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        envs.step(np.array([0, 1]))
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - started < 0.7
+
+    envs._session.client.metadata = (("authorization", "Bearer wrong"),)
+    for stream in (True, False):  # a wrong token: UNAUTHENTICATED, over the stream as over unary Step
+        envs._session.stream = stream
+        with pytest.raises(grpc.RpcError) as info:
+            envs.step(np.array([0, 1]))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    other.close()

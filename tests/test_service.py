@@ -223,6 +223,61 @@ def test_64_concurrent_clients_get_their_own_dreams_and_are_batched(server, cart
 
 
 # -- bad requests -------------------------------------------------------------
+def test_step_many_carries_many_agents_in_one_message_and_fails_items_alone(server, client, cartpole, serve):
+    """services/multiplex.py over StepMany: 8 agents' steps share messages; each dreams its seed's one-env dream
+    (as unary Step calls do); a bad action, a lost session and a session named twice fail their items alone."""
+    import asyncio
+
+    from services.client import StepError
+    from services.multiplex import StepMultiplexer
+
+    agents, steps = 8, 3
+    sessions = [client.create_session("cartpole", seed=300 + i).session_id for i in range(agents)]
+    lost = client.create_session("cartpole", seed=0).session_id
+    client.close_session(lost)
+
+    async def run(target: str, token: str | None = None):
+        async with grpc.aio.insecure_channel(target) as channel:
+            mux = StepMultiplexer(channel, token=token, timeout=30)
+
+            async def agent(i: int):
+                replies = [await mux.step(sessions[i], np.array([(i + t) % 2])) for t in range(steps)]
+                return [wire.observation_from_proto(r.observation) for r in replies], replies
+
+            results = await asyncio.gather(*(agent(i) for i in range(agents)))
+            outcomes = await asyncio.gather(
+                mux.step(sessions[0], np.array([2])), mux.step(sessions[1], np.array([0])),
+                mux.step(lost, np.array([0])), return_exceptions=True)
+            twice = await asyncio.gather(mux.step(sessions[2], np.array([0])), mux.step(sessions[2], np.array([1])),
+                                         return_exceptions=True)
+            await mux.close()
+            return results, outcomes, twice, mux.messages
+
+    results, outcomes, twice, messages = asyncio.run(run(address(server)))
+    assert messages < agents * steps / 2, messages  # shared messages, not one per step
+    for i, (observations, replies) in enumerate(results):
+        local = DreamBatch(cartpole, 1, seed=300 + i)
+        local.reset()
+        for t, (observation, reply) in enumerate(zip(observations, replies)):
+            mine = local.step(np.array([(i + t) % 2]))
+            assert reply.step == t + 1
+            np.testing.assert_allclose(observation["vector"], mine.observation["vector"].numpy(), atol=1e-4)
+            np.testing.assert_allclose(wire.from_tensor(reply.reward), mine.reward, atol=1e-4)
+    bad, fine, gone = outcomes
+    assert isinstance(bad, StepError) and bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "[0, 2)" in bad.details()
+    assert fine.step == steps + 1  # its batch-mate's bad action did not touch it
+    assert isinstance(gone, StepError) and gone.code() == grpc.StatusCode.NOT_FOUND and "no session" in gone.details()
+    assert all(isinstance(e, StepError) and e.code() == grpc.StatusCode.INVALID_ARGUMENT for e in twice)
+    assert client.step(sessions[2], np.array([0])).step == steps + 1  # neither of the twice-named steps was applied
+
+    running = serve(token="s3cret")  # auth: the stream without the token is refused before anything is parsed
+    with SimulatorClient(address(running), token="s3cret", timeout=30) as authed:
+        sessions[0] = authed.create_session("cartpole", seed=0).session_id
+    with pytest.raises(grpc.RpcError) as info:  # the stream's status, as a Step call's
+        asyncio.run(run(address(running), token="wrong"))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_unknown_model_backend_and_session_are_not_found(client):
     assert "cartpole" in fails(Code.NOT_FOUND, client.create_session, "no-such-model")
     assert "vmc" in fails(Code.NOT_FOUND, client.create_session, "cartpole", backend="diffusion")
@@ -410,7 +465,8 @@ def test_reflection_lists_and_calls_the_service_without_generated_stubs(server):
         assert {"worldmodel.v1.Simulator", "grpc.health.v1.Health"} <= services
         pool = descriptor_pool.DescriptorPool(database)
         service = pool.FindServiceByName("worldmodel.v1.Simulator")
-        assert {m.name for m in service.methods} == {"ListModels", "CreateSession", "Reset", "Step", "StepStream", "CloseSession"}
+        assert {m.name for m in service.methods} == {"ListModels", "CreateSession", "Reset", "Step", "StepStream", "StepMany",
+                                                     "CloseSession"}
 
         def call(name: str, **fields):
             method = service.methods_by_name[name]
@@ -441,10 +497,24 @@ def test_deadlines_are_honoured(serve):
     running = serve(batcher=BatcherConfig(window_s=0.6))
     with SimulatorClient(address(running), timeout=30) as c:
         sid = c.create_session("cartpole", num_envs=2, seed=0).session_id
+        other = c.create_session("cartpole", seed=1).session_id
+        c.step(other, np.array([0]))  # the batcher now expects `other` in the next round: it waits the window for it
         started = time.monotonic()
         fails(Code.DEADLINE_EXCEEDED, c.stub.Step, step_request(sid, np.array([0, 1])), timeout=0.05)
         assert time.monotonic() - started < 0.5
         assert c.step(sid, np.array([0, 1])).step == 1  # the expired step was dropped from its batch
+
+
+def test_a_lone_session_never_waits_for_the_batch_window(serve):
+    """Once the batcher knows who steps, a round closes when all of them are in: alone, no window is waited."""
+    running = serve(batcher=BatcherConfig(window_s=0.6))
+    with SimulatorClient(address(running), timeout=30) as c:
+        sid = c.create_session("cartpole", num_envs=2, seed=0).session_id
+        c.step(sid, np.array([0, 1]))
+        started = time.monotonic()
+        for t in range(3):
+            c.step(sid, np.array([t % 2, 1]))
+        assert time.monotonic() - started < 0.6  # one window of 0.6 s would already be over
 
 
 def test_idle_sessions_are_evicted(serve):

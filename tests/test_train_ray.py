@@ -85,9 +85,10 @@ def test_ray_job_submit_runs_the_same_command(cartpole_store, tmp_path):
                                          capture_output=True).returncode == 0, 120, "the Ray head", head)
         submit = [ray_bin, "job", "submit", "--address", address, "--no-wait", "--", "worldmodel", "train", "vae",
                   "--store", cartpole_store, "--out", str(run), "--preset", "tiny", "--max-steps", "10"]
-        for _ in range(10):  # the job server may still be starting after `ray job list` first answers
+        deadline = time.monotonic() + 120  # the job server and its agent may still be starting after `ray job
+        while True:                           # list` first answers ("No available agent"): slow under load
             submitted = subprocess.run(submit, env=env, capture_output=True, text=True)
-            if submitted.returncode == 0:
+            if submitted.returncode == 0 or time.monotonic() > deadline:
                 break
             time.sleep(3)
         assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
@@ -154,3 +155,14 @@ def test_mdnrnn_caches_latents_under_its_run_and_only_reads_the_store(vmc_runs):
     assert any((Path(vmc_runs["mdnrnn"]) / "latents").iterdir())
     assert not list(store.parent.glob(store.name + ".latents*"))
     assert sorted(p.name for p in store.iterdir()) == ["parts", "zarr.json"]
+
+
+def test_gpus_this_machine_lacks_fail_at_once_instead_of_waiting(monkeypatch):
+    """Ray waits forever for GPUs an embedded cluster does not have: the launcher says so in one line."""
+    from worldmodel.train.launcher import LaunchOptions, TrainingError, check_gpus
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(TrainingError, match=r"2 worker\(s\) x 1 GPU need 2 GPU\(s\); this machine's Ray has 1"):
+        check_gpus(LaunchOptions(out="run", workers=2, gpus_per_worker=1.0), 1.0)
+    check_gpus(LaunchOptions(out="run", workers=2, gpus_per_worker=0.5), 1.0)  # fractions that fit
+    check_gpus(LaunchOptions(out="run", workers=2), 0.0)  # CPU training needs none

@@ -15,8 +15,15 @@ import torch
 
 import worldmodel
 from worldmodel.bundle import BundleError, read_bundle_config
+from worldmodel.models.noise import RowStreams
 from worldmodel.models.world import Context
 from worldmodel.train.metrics import read_metrics
+
+def streams(keys, step: int = 0) -> RowStreams:
+    """Per-row noise streams keyed `keys`, at `step` (what a DreamBatch passes its model)."""
+    keys = torch.tensor(list(keys), dtype=torch.int64)
+    return RowStreams(keys, torch.full_like(keys, step))
+
 
 
 @pytest.mark.parametrize("run", ["vae", "mdnrnn"])
@@ -38,8 +45,8 @@ def test_bundle_round_trip_gives_identical_dreams(vmc_runs):
         model.state = model.initial_state(a.contexts.select(slice(0, 5)))
     actions = torch.tensor([0, 1, 1, 0, 1])
     for t in range(6):
-        seeds = [torch.Generator().manual_seed(100 * t + i) for i in range(5)]
-        twins = [torch.Generator().manual_seed(100 * t + i) for i in range(5)]
+        seeds = streams(range(5), step=t)
+        twins = streams(range(5), step=t)
         a.state, ta = a.step(a.state, actions, seeds)
         b.state, tb = b.step(b.state, actions, twins)
         for field in ("image", "vector", "reward", "terminated"):
@@ -53,10 +60,10 @@ def test_batch_of_one_equals_row_of_batch(vmc_runs):
     context = model.contexts.select(slice(0, 4))
     actions = torch.tensor([1, 0, 1, 1])
     state = model.initial_state(context)
-    batched, transition = model.step(state, actions, [torch.Generator().manual_seed(i) for i in range(4)])
+    batched, transition = model.step(state, actions, streams(range(4)))
     for i in range(4):
         single_state = model.initial_state(context.select(slice(i, i + 1)))
-        single, single_t = model.step(single_state, actions[i : i + 1], [torch.Generator().manual_seed(i)])
+        single, single_t = model.step(single_state, actions[i : i + 1], streams([i]))
         for key in single:
             torch.testing.assert_close(single[key][0], batched[key][i], rtol=1e-5, atol=1e-5)
         assert torch.equal(single_t.terminated[0], transition.terminated[i])

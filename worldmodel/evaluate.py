@@ -24,6 +24,7 @@ from torch import Tensor
 from worldmodel.data import EpisodeStore, StoreError
 from worldmodel.models.images import to_model_input
 from worldmodel.models.mdnrnn import gmm_nll
+from worldmodel.models.noise import RowStreams
 from worldmodel.models.world import Context
 
 
@@ -212,12 +213,13 @@ def context_at(episodes: list[dict[str, np.ndarray]], starts: list[Start], keys:
 
 def dream_frames(model, context: Context, actions: np.ndarray, seed: int) -> np.ndarray:
     """Frames [B, H_max, H, W, C] uint8 the model dreams from the contexts under the real actions
-    [B, H_max(, A)]; row i at step t draws from its own generator, seeded seed + 1000 t + i."""
+    [B, H_max(, A)]; row i draws from its own stream, keyed seed + i (what a DreamBatch row does)."""
     state = model.initial_state(context)
+    keys = torch.arange(len(actions), dtype=torch.int64, device=model.device) + seed
     frames = []
     for t in range(actions.shape[1]):
-        generators = [torch.Generator(device=model.device).manual_seed(seed + 1000 * t + i) for i in range(len(actions))]
-        state, transition = model.step(state, torch.as_tensor(actions[:, t], device=model.device), generators)
+        noise = RowStreams(keys, torch.full_like(keys, t))
+        state, transition = model.step(state, torch.as_tensor(actions[:, t], device=model.device), noise)
         frames.append(transition.image.cpu().numpy())
     return np.stack(frames, axis=1)
 

@@ -5,6 +5,11 @@ An embedded Ray belongs to the command that started it, and to no other:
 - Its processes carry OWNER_ENV (the driver's pid and start time) in their environment. A driver
   killed with SIGKILL leaves Ray's DashboardAgent and RuntimeEnvAgent running (they ignore SIGTERM
   too), so every embedded start first kills the Ray processes whose owner is dead (`reap_orphans`).
+- Ray starts its worker processes at nice 15 (its `worker_niceness`), below the driver and below anything
+  else on the machine: on a shared machine the tasks and Ray Train workers then got only the CPU nobody
+  else wanted (measured: 2 collection workers beside other load got 1.0 core in all, the same as 1). An
+  embedded Ray runs the command's own work, so its workers run at the driver's priority
+  (EMBEDDED_WORKER_NICENESS; a RAY_worker_niceness in the environment wins).
 - Ray Train's actors find "the" cluster's dashboard by scanning the machine for GCS processes and
   /tmp/ray/ray_current_cluster (ray._private.services.get_ray_address_from_environment): with two
   embedded Rays they log "Found multiple active Ray instances" and may query the other one. The
@@ -23,6 +28,10 @@ from pathlib import Path
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
 OWNER_ENV = "WORLDMODEL_RAY_OWNER"
 """`PID:START_TIME` of the driver that started an embedded Ray; set in every process of that Ray."""
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
+"""Ray's config of the niceness its worker processes start at (Ray's default: 15)."""
+EMBEDDED_WORKER_NICENESS = 0
+"""An embedded Ray's workers compete for the CPU like the driver that started them."""
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 """Where Ray's state API (and `ray job`) look first, before any machine-wide discovery."""
 
@@ -50,7 +59,8 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
     dashboard_port = free_loopback_port()
     # Only the Ray processes started now carry these: our later subprocesses (a `ray job submit` to another
     # cluster, a child command with its own Ray) must not inherit this cluster's dashboard or owner.
-    own_env = {API_SERVER_ENV: f"http://127.0.0.1:{dashboard_port}", OWNER_ENV: owner_mark(os.getpid())}
+    own_env = {API_SERVER_ENV: f"http://127.0.0.1:{dashboard_port}", OWNER_ENV: owner_mark(os.getpid()),
+               WORKER_NICENESS_ENV: os.environ.get(WORKER_NICENESS_ENV, str(EMBEDDED_WORKER_NICENESS))}
     before = {key: os.environ.get(key) for key in own_env}
     os.environ.update(own_env)
     try:
@@ -134,4 +144,4 @@ def reap_orphans() -> list[int]:
     return killed
 
 
-__all__ = ["LOOPBACK_ENV", "OWNER_ENV", "init_ray", "orphaned_ray_processes", "reap_orphans"]
+__all__ = ["EMBEDDED_WORKER_NICENESS", "LOOPBACK_ENV", "OWNER_ENV", "init_ray", "orphaned_ray_processes", "reap_orphans"]

@@ -21,10 +21,10 @@ def open_loop(model, episode: dict[str, np.ndarray], context_length: int, steps:
         None if vectors is None else vectors[None, :length],
     )
     state = model.initial_state(context)
-    generators = [torch.Generator(device=model.device).manual_seed(seed)]
+    generator = torch.Generator(device=model.device).manual_seed(seed)  # one row: one stream
     frames = []
     for t in range(length - 1, length - 1 + steps):
-        state, transition = model.step(state, torch.as_tensor(episode["action"][t : t + 1]), generators)
+        state, transition = model.step(state, torch.as_tensor(episode["action"][t : t + 1]), generator)
         frames.append(transition.image[0].cpu().numpy())
     return np.stack(frames)
 

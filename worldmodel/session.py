@@ -2,14 +2,15 @@
 gymnasium vector env and the gRPC service both drive.
 
 It owns what an environment adds to a WorldModel: start contexts drawn from
-the bundle, one numpy rng and one torch.Generator per env (so an env's dream
-does not depend on what else shares its batch), step counters and truncation,
+the bundle, one numpy rng and one counter-based noise stream per env (a Philox key and the step it
+is at: models/noise.py), so an env's dream does not depend on what else shares its batch, step
+counters and truncation,
 and the observation each env shows. `step_many` steps several batches of the
 same model in one forward, which is what the service's dynamic batcher runs.
 
 Seeding follows gymnasium's vector envs (and envs/dream.py): a seed s seeds
 env i with s + i; each reset of env i draws its start context and then its
-sampler's seed from env i's rng. So env i of a batch seeded with s dreams what
+noise key from env i's rng. So env i of a batch seeded with s dreams what
 a one-env batch (or `DreamEnv.reset(seed=s + i)`) dreams under the same
 actions, up to float rounding of batched matmuls.
 """
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldmodel.models.noise import RowStreams
 from worldmodel.models.world import Context, State, Transition, WorldModel, action_tensor, cat_states, has_latents, split_state
 
 from worldmodel.spec import OBSERVATION_MODES  # re-exported: session users read it here
-_SEED_BOUND = 2**63  # sampler seeds in [0, 2**63), drawn as envs/dream.py draws them
+_SEED_BOUND = 2**63  # noise keys in [0, 2**63), drawn from each env's rng
 
 
 @dataclass
@@ -76,7 +78,9 @@ class DreamBatch:
         self.max_episode_steps = int(max_episode_steps)
         self.temperature = model.temperature if temperature is None else float(temperature)
         self.rngs = [np.random.default_rng(None if seed is None else seed + i) for i in range(num_envs)]
-        self.generators = [torch.Generator(device=model.device) for _ in range(num_envs)]
+        # Each env's noise: a Philox key drawn at its reset and the steps it has dreamed since.
+        self.noise_keys = torch.zeros(num_envs, dtype=torch.int64, device=model.device)
+        self.noise_steps = torch.zeros(num_envs, dtype=torch.int64, device=model.device)
         self.elapsed = np.zeros(num_envs, dtype=np.int64)
         self.state: State | None = None
         self.observation: dict[str, Tensor] | None = None
@@ -110,18 +114,21 @@ class DreamBatch:
             drawn = np.asarray(picks, dtype=np.int64).reshape(-1)
             if drawn.shape != indices.shape or drawn.min() < 0 or drawn.max() >= count:
                 raise ValueError(f"picks must be {len(indices)} context indices in [0, {count}), got {drawn.tolist()}")
-        for i in indices:
-            self.generators[i].manual_seed(int(self.rngs[i].integers(_SEED_BOUND)))
+        keys = [int(self.rngs[i].integers(_SEED_BOUND)) for i in indices]
         fresh, observed = self._starts(drawn)
         if self.state is None or len(indices) == self.num_envs:
             order = torch.as_tensor(np.argsort(indices), device=self.model.device)
             self.state = {key: value[order] for key, value in fresh.items()}
             self.observation = {key: value[order] for key, value in observed.items()}
+            self.noise_keys = torch.as_tensor(keys, dtype=torch.int64, device=self.model.device)[order]
+            self.noise_steps = torch.zeros_like(self.noise_keys)
         else:
             # index_copy is out of place: observations handed out earlier never change under the caller.
             index = torch.as_tensor(indices, device=self.model.device)
             self.state = {key: value.index_copy(0, index, fresh[key]) for key, value in self.state.items()}
             self.observation = {key: value.index_copy(0, index, observed[key]) for key, value in self.observation.items()}
+            self.noise_keys = self.noise_keys.index_copy(0, index, torch.as_tensor(keys, device=self.model.device))
+            self.noise_steps = self.noise_steps.index_fill(0, index, 0)
         self.elapsed[indices] = 0
         return dict(self.observation)
 
@@ -198,21 +205,23 @@ class DreamBatch:
         """Step every env; envs flagged in `reset_mask` are reset instead (their actions ignored)."""
         return step_many([self], [actions], [reset_mask])[0]
 
-    def _apply(self, next_state: State, reward: Tensor, terminated: Tensor, transition, reset_mask) -> StepResult:
+    def _apply(self, next_state: State, observation: dict[str, Tensor], reward: np.ndarray, terminated: np.ndarray,
+               reset_mask) -> StepResult:
+        """Take this batch's rows of a step: its state and observation, reward and terminated (numpy, its own
+        rows of the fused batch's arrays), then reset the envs in `reset_mask`."""
         self.state = next_state
-        self.observation = self._observe(next_state, transition)
+        self.observation = observation
+        self.noise_steps = self.noise_steps + 1
         self.elapsed += 1
         self.steps_taken += 1
-        reward_np = reward.detach().cpu().numpy().astype(np.float32)
-        terminated_np = terminated.detach().cpu().numpy().astype(bool)
         # As gymnasium's TimeLimit: truncated at the limit whether or not the step also terminated.
         truncated = self.elapsed >= self.max_episode_steps if self.max_episode_steps else np.zeros(self.num_envs, bool)
         if reset_mask is not None:
             mask = self.check_reset_mask(reset_mask)
             if mask.any():
                 self.reset(indices=np.flatnonzero(mask))
-                reward_np[mask], terminated_np[mask], truncated[mask] = 0.0, False, False
-        return StepResult(dict(self.observation), reward_np, terminated_np, truncated)
+                reward[mask], terminated[mask], truncated[mask] = 0.0, False, False
+        return StepResult(dict(self.observation), reward, terminated, truncated)
 
     def __len__(self) -> int:
         return self.num_envs
@@ -234,19 +243,31 @@ def step_many(batches: list[DreamBatch], actions: list, reset_masks: list | None
     action = _checked_actions(batches, actions)
     masks = [None if m is None or len(m) == 0 else b.check_reset_mask(m) for b, m in zip(batches, masks)]
     state = cat_states([b.state for b in batches]) if len(batches) > 1 else batches[0].state
-    generators = [g for b in batches for g in b.generators]
+    noise = _row_streams(batches)
     tau = batches[0].temperature
     if batches[0].decodes:
-        next_state, transition = model.step(state, action, generators, tau)
+        next_state, transition = model.step(state, action, noise, tau)
         reward, terminated = transition.reward, transition.terminated
     else:
-        next_state, reward, terminated = model.step_latent(state, action, generators, tau)
+        next_state, reward, terminated = model.step_latent(state, action, noise, tau)
         transition = None
+    # What every env shows and gets, made once for the fused batch and split: per-session work here cost
+    # as much as the forward when the service fused 64 one-env sessions.
     sizes = [b.num_envs for b in batches]
+    observed = batches[0]._observe(next_state, transition)
+    observations = [dict(zip(observed, rows)) for rows in zip(*(value.split(sizes) for value in observed.values()))]
+    cuts = np.cumsum(sizes)[:-1]
+    rewards = np.split(reward.detach().cpu().numpy().astype(np.float32), cuts)
+    terms = np.split(terminated.detach().cpu().numpy().astype(bool), cuts)
     states = split_state(next_state, sizes)
-    rewards, terms = reward.split(sizes), terminated.split(sizes)
-    transitions = _split_transition(transition, sizes) if transition is not None else [None] * len(batches)
-    return [b._apply(s, r, t, tr, m) for b, s, r, t, tr, m in zip(batches, states, rewards, terms, transitions, masks)]
+    return [b._apply(*parts) for b, *parts in zip(batches, states, observations, rewards, terms, masks)]
+
+
+def _row_streams(batches: list[DreamBatch]) -> RowStreams:
+    """Every env's noise stream at the step it is at: one vectorised draw serves the fused batch."""
+    if len(batches) == 1:
+        return RowStreams(batches[0].noise_keys, batches[0].noise_steps)
+    return RowStreams(torch.cat([b.noise_keys for b in batches]), torch.cat([b.noise_steps for b in batches]))
 
 
 def _checked_actions(batches: list[DreamBatch], actions: list) -> Tensor:
@@ -270,14 +291,6 @@ def _checked_actions(batches: list[DreamBatch], actions: list) -> Tensor:
         for batch, a in zip(batches, actions):
             batch.check_actions(a)
         raise
-
-
-def _split_transition(transition: Transition, sizes: list[int]) -> list[Transition]:
-    parts = {
-        name: (value.split(sizes) if value is not None else [None] * len(sizes))
-        for name, value in vars(transition).items()
-    }
-    return [Transition(**{name: parts[name][i] for name in parts}) for i in range(len(sizes))]
 
 
 __all__ = ["DreamBatch", "StepResult", "step_many", "Context"]

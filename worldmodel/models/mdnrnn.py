@@ -18,8 +18,6 @@ tau, standard deviations scaled by sqrt(tau).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -28,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Categorical, MixtureSameFamily, Normal
+
+from worldmodel.models.noise import Noise, uniform_and_normal
 
 from worldmodel.models.config import ConfigMixin
 
@@ -259,7 +259,7 @@ class MDNRNN(nn.Module):
         vector: Tensor | None = None,
         state: LSTMState | None = None,
         dream: bool = False,
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        generator: Noise = None,
     ) -> tuple[MDNOutput, LSTMState]:
         """One step for a batch: z [B, Z]; action [B] or [B, A]; vector [B, D] or None.
 
@@ -282,31 +282,32 @@ class MDNRNN(nn.Module):
         if self.training or not self.config.dream_dropout or rate == 0.0:
             return None
         sizes = (self.input_dim, self.config.hidden_size)
-        keep = (_uniforms((batch, sum(sizes)), generator, torch.device(device)) >= rate).float() / (1.0 - rate)
+        uniform, _ = uniform_and_normal(generator, batch, sum(sizes), 0, torch.device(device))
+        keep = (uniform >= rate).float() / (1.0 - rate)
         return keep[:, : sizes[0]], keep[:, sizes[0] :]
 
     @torch.no_grad()
-    def sample_next_z(
-        self,
-        out: MDNOutput,
-        temperature: float = 1.0,
-        generator: torch.Generator | Sequence[torch.Generator] | None = None,
-    ) -> Tensor:
-        """Sample z_{t+1} [*lead, Z] from the mixture in out ([*lead, Z, K] tensors).
+    def sample_next_z(self, out: MDNOutput, temperature: float = 1.0, generator: Noise = None) -> Tensor:
+        """Sample z_{t+1} [*lead, Z] from the mixture in out ([*lead, Z, K] tensors), with noise drawn
+        from `generator`: per-row streams (a row then samples the same whatever shares its batch), one
+        torch.Generator, or None. See `next_z_from`."""
+        *lead, z, _ = out.logits.shape
+        rows, per_row = lead[0] if lead else 1, math.prod(lead[1:]) * z
+        uniform, normal = uniform_and_normal(generator, rows, per_row, per_row, out.mu.device, out.mu.dtype)
+        return self.next_z_from(out, temperature, uniform.reshape(*lead, z), normal.reshape(*lead, z))
 
-        As in the original code, the mixture logits are divided by the
-        temperature and the standard deviations scaled by sqrt(temperature).
-        torch.distributions' sample() takes no generator, so the component is
-        drawn by inverting the mixture CDF at a uniform and the noise with
-        torch.randn, both from `generator`, which makes dreams reproducible.
-        A sequence of generators, one per row of the batch, makes each row's
-        draw independent of what else shares the batch (the service batches
-        many sessions, each with its own seed).
+    @staticmethod
+    def next_z_from(out: MDNOutput, temperature: float, uniform: Tensor, normal: Tensor) -> Tensor:
+        """z_{t+1} [*lead, Z] from the mixture in out, given a uniform and a standard normal [*lead, Z].
+
+        As in the original code, the mixture logits are divided by the temperature and the standard
+        deviations scaled by sqrt(temperature). torch.distributions' sample() takes no generator, so
+        the component is drawn by inverting the mixture CDF at the uniform, and the normal is the
+        Gaussian noise: the caller decides where both come from, which makes dreams reproducible.
         """
         if not (math.isfinite(temperature) and temperature > 0):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        *lead, z, k = out.logits.shape
-        uniform, noise = _draw(tuple(lead) + (z,), generator, out.mu.device, out.mu.dtype)
+        k = out.logits.shape[-1]
         # The unnormalised CDF, searched at uniform x total: torch.softmax over a last dimension this
         # short is slow on CPU (590 us vs 93 us at [256, 32, 5], one thread), and a dream step is ~4 ms.
         logits = out.logits.float() / temperature
@@ -314,7 +315,7 @@ class MDNRNN(nn.Module):
         component = torch.searchsorted(cdf, uniform.float()[..., None] * cdf[..., -1:]).clamp(max=k - 1)
         mu = out.mu.gather(-1, component)[..., 0]
         sigma = out.log_sigma.gather(-1, component)[..., 0].exp() * math.sqrt(temperature)
-        return mu + sigma * noise
+        return mu + sigma * normal.to(mu.dtype)
 
     def loss(
         self,
@@ -371,30 +372,3 @@ class MDNRNN(nn.Module):
             loss = loss + vector_loss
             logs["loss/vector"] = vector_loss.detach()
         return loss, logs
-
-
-def _draw(
-    shape: tuple[int, ...],
-    generator: torch.Generator | Sequence[torch.Generator] | None,
-    device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[Tensor, Tensor]:
-    """A uniform and a standard normal tensor of `shape`, from one generator or one per leading row."""
-    if generator is None or isinstance(generator, torch.Generator):
-        uniform = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-        return uniform, torch.randn(shape, generator=generator, device=device, dtype=dtype)
-    generators = list(generator)
-    if len(generators) != shape[0]:
-        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
-    rows = [
-        (torch.rand(shape[1:], generator=g, device=device, dtype=dtype), torch.randn(shape[1:], generator=g, device=device, dtype=dtype))
-        for g in generators
-    ]
-    return torch.stack([u for u, _ in rows]), torch.stack([n for _, n in rows])
-
-
-def _uniforms(shape: tuple[int, ...], generator, device: torch.device) -> Tensor:
-    """Uniforms of `shape`, from one generator or one per leading row."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.rand(shape, generator=generator, device=device)
-    return torch.stack([torch.rand(shape[1:], generator=g, device=device) for g in generator])

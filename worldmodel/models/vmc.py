@@ -14,7 +14,8 @@ from worldmodel.models.images import to_model_input, to_uint8_images
 from worldmodel.models.mdnrnn import MDNRNN
 from worldmodel.models.vae import ConvVAE
 from worldmodel.models.vector_norm import VectorNorm, VectorStats
-from worldmodel.models.world import Context, Generators, State, Transition, action_tensor, draw_uniform
+from worldmodel.models.noise import Noise, uniform_and_normal
+from worldmodel.models.world import Context, State, Transition, action_tensor
 from worldmodel.spec import EnvSpec
 
 
@@ -101,29 +102,32 @@ class VMCWorldModel:
 
     @torch.no_grad()
     def step_latent(
-        self, state: State, action: Tensor, generator: Generators = None, temperature: float | None = None
+        self, state: State, action: Tensor, generator: Noise = None, temperature: float | None = None
     ) -> tuple[State, Tensor, Tensor]:
         """The fast path agents use: no decoding. Returns (next state, reward [B], terminated [B]).
 
-        `generator`: one torch.Generator, or one per row; `temperature` overrides the model's tau.
+        `generator`: per-row streams, one torch.Generator or None; `temperature` overrides the model's tau.
         """
-        action = action_tensor(self.spec, action, state["z"].shape[0], self.device)
+        batch = state["z"].shape[0]
+        action = action_tensor(self.spec, action, batch, self.device)
         tau = self.temperature if temperature is None else temperature
         out, (h, c) = self.mdnrnn.step(
             state["z"], action, state.get("vector"), (state["h"][None], state["c"][None]), dream=True, generator=generator
         )
-        next_state = {"z": self.mdnrnn.sample_next_z(out, tau, generator), "h": h[0], "c": c[0]}
+        # One draw for the step: the mixture's uniforms and normals, and the termination's uniform.
+        z = self.latent_dim
+        uniform, normal = uniform_and_normal(generator, batch, z + 1, z, self.device, out.mu.dtype)
+        next_state = {"z": self.mdnrnn.next_z_from(out, tau, uniform[:, :z], normal), "h": h[0], "c": c[0]}
         if out.vector is not None:
             next_state["vector"] = out.vector
         reward = out.reward if out.reward is not None else self.mdnrnn.next_reward(out.hidden, next_state["z"], out.vector)
         # The dream ends the way M says the real env would: termination is drawn, not thresholded,
         # so a rare end (a pole that falls, a car that leaves the map) still happens in the dream.
-        uniform = draw_uniform(state["z"].shape[0], generator, self.device)
-        return next_state, reward.float(), uniform < torch.sigmoid(out.termination_logit.float())
+        return next_state, reward.float(), uniform[:, z].float() < torch.sigmoid(out.termination_logit.float())
 
     @torch.no_grad()
     def step(
-        self, state: State, action: Tensor, generator: Generators = None, temperature: float | None = None
+        self, state: State, action: Tensor, generator: Noise = None, temperature: float | None = None
     ) -> tuple[State, Transition]:
         next_state, reward, terminated = self.step_latent(state, action, generator, temperature)
         return next_state, Transition(self.decode(next_state["z"]), self.vector_of(next_state), reward, terminated)

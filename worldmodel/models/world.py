@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from worldmodel.models.noise import Noise, RowStreams, draw_uniform
 from worldmodel.models.vector_norm import VectorNorm, VectorStats
 from worldmodel.spec import EnvSpec
 
@@ -52,10 +53,6 @@ class Transition:
     terminated: Tensor
 
 
-Generators = torch.Generator | list[torch.Generator] | None
-"""One generator for the whole batch, or one per row (a row then dreams the same whatever shares its batch)."""
-
-
 @runtime_checkable
 class WorldModel(Protocol):
     """A learned simulator: every backend, and all that DreamBatch, the envs and the service use."""
@@ -75,9 +72,11 @@ class WorldModel(Protocol):
         """The state after the context's L real steps; takes no generator, so a context always begins the same dream."""
         ...
 
-    def step(self, state: State, action: Tensor, generator: Generators = None,
+    def step(self, state: State, action: Tensor, generator: Noise = None,
              temperature: float | None = None) -> tuple[State, Transition]:
-        """One step for the batch: the next state and what it shows (image, vector, reward, terminated)."""
+        """One step for the batch: the next state and what it shows (image, vector, reward, terminated).
+        `generator`: a RowStreams (each row draws from its own stream, so it dreams the same whatever
+        shares its batch), one torch.Generator for the batch, or None (torch's global generator)."""
         ...
 
     def observation_of(self, state: State) -> Transition:
@@ -97,7 +96,7 @@ class LatentWorldModel(WorldModel, Protocol):
         """What an agent sees of a state: [B, feature_dim] float."""
         ...
 
-    def step_latent(self, state: State, action: Tensor, generator: Generators = None,
+    def step_latent(self, state: State, action: Tensor, generator: Noise = None,
                     temperature: float | None = None) -> tuple[State, Tensor, Tensor]:
         """`step` without decoding: (next state, reward [B], terminated [B])."""
         ...
@@ -129,19 +128,12 @@ def index_state(state: State, index) -> State:
     return {key: value[index] for key, value in state.items()}
 
 
-def draw_uniform(batch: int, generator: Generators, device) -> Tensor:
-    """[batch] uniforms from one generator, or one per row from a sequence of generators."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return torch.rand(batch, generator=generator, device=device)
-    return torch.cat([torch.rand(1, generator=g, device=device) for g in generator])
-
-
 def action_tensor(spec: EnvSpec, action, batch: int, device) -> Tensor:
     """A batch of actions checked by the spec's one checker, as a tensor on `device`."""
     return torch.as_tensor(spec.check_actions(action, batch), device=device)
 
 
 __all__ = [
-    "Context", "Generators", "LatentWorldModel", "State", "Transition", "VectorNorm", "VectorStats", "WorldModel",
+    "Context", "LatentWorldModel", "Noise", "RowStreams", "State", "Transition", "VectorNorm", "VectorStats", "WorldModel",
     "action_tensor", "cat_states", "draw_uniform", "has_latents", "index_state", "split_state",
 ]

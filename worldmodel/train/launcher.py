@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ def launch(train_func: Callable[[dict], None], config: TrainConfig, options: Lau
     cpus = int(ray.available_resources().get("CPU", 1))
     threads = options.threads_per_worker or max(1, cpus // options.workers)
     use_gpu = options.gpus_per_worker > 0
+    check_gpus(options, ray.cluster_resources().get("GPU", 0.0))
     resources = {"CPU": 1, **({"GPU": options.gpus_per_worker} if use_gpu else {})}
     # Train v2 dropped `resume_from_checkpoint`; the loop reads resume_from when Ray has no checkpoint of its own.
     resume_from = str(previous[0]) if options.resume and previous is not None else ""
@@ -107,6 +109,17 @@ def launch(train_func: Callable[[dict], None], config: TrainConfig, options: Lau
             print(f"training {name}: a worker failed ({describe_failures(err.worker_failures)}); "
                   f"retry {retry + 1} of {options.max_failures} from {f'step {resumed[1]}' if resumed else 'the start'}")
     raise AssertionError("unreachable: the last retry returns or raises")
+
+
+def check_gpus(options: LaunchOptions, cluster_gpus: float) -> None:
+    """TrainingError when this machine's embedded Ray lacks the GPUs the workers ask for: Ray would wait for
+    them forever. A cluster joined through RAY_ADDRESS may add GPU nodes (an autoscaler), so it is trusted."""
+    if options.gpus_per_worker < 0:
+        raise TrainingError(f"--gpus-per-worker must be >= 0, got {options.gpus_per_worker}")
+    needed = options.workers * options.gpus_per_worker
+    if needed > cluster_gpus and not os.environ.get("RAY_ADDRESS"):
+        raise TrainingError(f"{options.workers} worker(s) x {options.gpus_per_worker:g} GPU need {needed:g} GPU(s); "
+                            f"this machine's Ray has {cluster_gpus:g}")
 
 
 def run_worker(train_func: Callable[[dict], None], config: dict) -> None:

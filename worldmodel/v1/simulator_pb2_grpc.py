@@ -59,6 +59,11 @@ class SimulatorStub:
                 request_serializer=worldmodel_dot_v1_dot_simulator__pb2.StepRequest.SerializeToString,
                 response_deserializer=worldmodel_dot_v1_dot_simulator__pb2.StepResponse.FromString,
                 _registered_method=True)
+        self.StepMany = channel.stream_stream(
+                '/worldmodel.v1.Simulator/StepMany',
+                request_serializer=worldmodel_dot_v1_dot_simulator__pb2.StepManyRequest.SerializeToString,
+                response_deserializer=worldmodel_dot_v1_dot_simulator__pb2.StepManyResponse.FromString,
+                _registered_method=True)
         self.CloseSession = channel.unary_unary(
                 '/worldmodel.v1.Simulator/CloseSession',
                 request_serializer=worldmodel_dot_v1_dot_simulator__pb2.CloseSessionRequest.SerializeToString,
@@ -104,6 +109,16 @@ class SimulatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StepMany(self, request_iterator, context):
+        """Step many sessions per message, e.g. all the agents of one process: each
+        item is stepped as its own Step call would be (the dynamic batcher fuses
+        them), and one item's error fails that item alone. One response per
+        request, in order, its items in the request's order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CloseSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -137,6 +152,11 @@ def add_SimulatorServicer_to_server(servicer, server):
                     servicer.StepStream,
                     request_deserializer=worldmodel_dot_v1_dot_simulator__pb2.StepRequest.FromString,
                     response_serializer=worldmodel_dot_v1_dot_simulator__pb2.StepResponse.SerializeToString,
+            ),
+            'StepMany': grpc.stream_stream_rpc_method_handler(
+                    servicer.StepMany,
+                    request_deserializer=worldmodel_dot_v1_dot_simulator__pb2.StepManyRequest.FromString,
+                    response_serializer=worldmodel_dot_v1_dot_simulator__pb2.StepManyResponse.SerializeToString,
             ),
             'CloseSession': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseSession,
@@ -279,6 +299,33 @@ class Simulator:
             '/worldmodel.v1.Simulator/StepStream',
             worldmodel_dot_v1_dot_simulator__pb2.StepRequest.SerializeToString,
             worldmodel_dot_v1_dot_simulator__pb2.StepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StepMany(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/worldmodel.v1.Simulator/StepMany',
+            worldmodel_dot_v1_dot_simulator__pb2.StepManyRequest.SerializeToString,
+            worldmodel_dot_v1_dot_simulator__pb2.StepManyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -10,7 +9,8 @@ from torch import Tensor
 
 from worldmodel.models.diffusion.edm import frames_to_unit
 from worldmodel.models.diffusion.network import DiffusionWorld
-from worldmodel.models.world import Context, State, Transition, VectorNorm, draw_uniform
+from worldmodel.models.noise import Noise, draw_uniform
+from worldmodel.models.world import Context, State, Transition, VectorNorm
 from worldmodel.spec import EnvSpec
 
 if TYPE_CHECKING:
@@ -81,9 +81,9 @@ class DiffusionWorldModel:
     @torch.no_grad()
     def step(
         self, state: State, action: Tensor,
-        generator: torch.Generator | Sequence[torch.Generator] | None = None, temperature: float | None = None,
+        generator: Noise = None, temperature: float | None = None,
     ) -> tuple[State, Transition]:
-        """Sample the next frame (per-row generators: a row dreams the same whatever shares its batch);
+        """Sample the next frame (per-row streams: a row dreams the same whatever shares its batch);
         the head gives reward, termination (drawn, as in V-M-C) and the next vector."""
         frames = state["frames"]
         b = frames.shape[0]

@@ -21,6 +21,7 @@ from worldmodel.models.diffusion.config import DiffusionConfig
 from worldmodel.models.diffusion.edm import add_noise, edm_weighted_loss, frames_to_unit, sample_training_sigma
 from worldmodel.models.diffusion.head import RewardHead
 from worldmodel.models.diffusion.sampler import sample_next_frame
+from worldmodel.models.noise import Noise
 
 
 class DiffusionWorld(nn.Module):
@@ -108,7 +109,7 @@ class DiffusionWorld(nn.Module):
 
     def sample_next(
         self, frames: Tensor, actions: Tensor, vectors: Tensor | None,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: Noise = None,
         steps: int | None = None, noise_scale: float = 1.0,
     ) -> Tensor:
         """The next frame [B, H, W, C] uint8 by EDM Euler sampling: see `sampler.sample_next_frame`."""

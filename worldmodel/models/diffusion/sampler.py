@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from worldmodel.models.diffusion.edm import frames_to_unit, unit_to_frames
+from worldmodel.models.noise import Noise, draw_normal
 
 if TYPE_CHECKING:
     from worldmodel.models.diffusion.network import DiffusionWorld
@@ -20,26 +21,23 @@ def sample_next_frame(
     frames: Tensor,
     actions: Tensor,
     vectors: Tensor | None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
+    generator: Noise = None,
     steps: int | None = None,
     noise_scale: float = 1.0,
 ) -> Tensor:
     """Frames [B, L, H, W, C] uint8 and their actions [B, L(, A)] (the last: the action taken now) ->
     the next frame [B, H, W, C] uint8, by `steps` Euler steps (default: the config's sampling_steps).
 
-    `generator`: one torch.Generator, or a list with one per row (each row's initial noise from its own).
+    `generator`: per-row streams (each row's initial noise from its own), one torch.Generator, or None.
     `noise_scale` multiplies the initial noise (1: the trained model as is)."""
     from diffusers import EDMEulerScheduler
-    from diffusers.utils.torch_utils import randn_tensor
 
     context = frames_to_unit(frames)
     b, _, c, h, w = context.shape
     condition = world.condition_embedding(actions, vectors)
     scheduler = EDMEulerScheduler.from_config(world.scheduler.config)  # its own step counter: re-entrant
     scheduler.set_timesteps(steps or world.config.sampling_steps, device=context.device)
-    if isinstance(generator, (list, tuple)) and len(generator) != b:
-        raise ValueError(f"expected {b} generators (one per row), got {len(generator)}")
-    x = randn_tensor((b, c, h, w), generator=generator, device=context.device, dtype=context.dtype)
+    x = draw_normal((b, c, h, w), generator, context.device, context.dtype)
     x = x * scheduler.sigmas[0].to(context.device) * noise_scale
     scheduler.is_scale_input_called = True  # `network` applies c_in itself (precondition_inputs)
     for i, t in enumerate(scheduler.timesteps):
