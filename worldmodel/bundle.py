@@ -8,7 +8,9 @@
     BUNDLE/controller.safetensors C, once one is trained (agents/)
     BUNDLE/diffusion/             the diffusion backbone's UNet, diffusers `save_pretrained`
                                   (UNet2DModel.from_pretrained(BUNDLE / "diffusion") loads it)
-    BUNDLE/diffusion_head.safetensors  its condition embedding and reward/termination head
+    BUNDLE/diffusion_head.safetensors  its condition MLP and each env's parts (embedding, encoders, head)
+    BUNDLE/diffusion_env.safetensors   an adapted bundle (`worldmodel adapt`): the new env's parts ...
+    BUNDLE/diffusion_lora/             ... and its LoRA adapter (peft format); the rest is its base bundle's
 
 A dream starts from real observations, so a bundle carries K of them: with
 the contexts, the bundle alone is a complete simulator.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -177,16 +180,16 @@ def export_vmc_models(bundle: str | Path, out: str | Path) -> tuple[Path, Path]:
 def add_diffusion_to_bundle(
     out: str | Path,
     diffusion_dir: str | Path,
-    stores: list[str],
+    stores: list[str] | None,
     *,
+    env: str | None = None,
     contexts: int = DEFAULT_CONTEXTS,
     context_length: int = DEFAULT_CONTEXT_LENGTH,
     seed: int = 0,
 ) -> Path:
     """Add the diffusion backbone (a `train diffusion` RUN/model directory) to the bundle at `out`,
-    or make a diffusion-only bundle there (with start contexts from the stores) when none exists."""
-    import shutil
-
+    or make a diffusion-only bundle there when none exists. A backbone of several envs simulates `env`
+    (default: its first); without `stores`, the start contexts come from that env's training stores."""
     from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR
     from worldmodel.models.vector_norm import VectorStats
 
@@ -195,40 +198,136 @@ def add_diffusion_to_bundle(
     if not saved_path.is_file() or not (diffusion_dir / UNET_DIR / CONFIG_FILE).is_file():
         raise BundleError(f"{diffusion_dir} is not a `train diffusion` model directory (diffusion.json, diffusion/)")
     saved, spec = read_diffusion_saved(saved_path)
+    index, spec, run_stores, vector_norm = _simulated_env(saved, spec, env, diffusion_dir)
+    if vector_norm is None:
+        try:
+            vector_norm = VectorStats.load(diffusion_dir).to_dict()
+        except ValueError as err:
+            raise BundleError(str(err)) from err
     length = saved["config"]["context_length"]
+    raw = _bundle_base(out, spec, stores or run_stores, length, contexts=contexts, context_length=context_length, seed=seed)
+    out = Path(out)
+    _copy_tree(diffusion_dir / UNET_DIR, out / UNET_DIR)
+    shutil.copyfile(diffusion_dir / HEAD_FILE, out / HEAD_FILE)
+    raw["diffusion"] = {"config": saved["config"], "vector_norm": vector_norm, "env": index,
+                        "pretrained_envs": [e["name"] for e in saved["config"]["envs"]]}
+    raw.setdefault("provenance", {})["diffusion"] = saved.get("training", {})
+    return _finish_diffusion_bundle(out, raw)
+
+
+def _simulated_env(saved: dict[str, Any], spec: EnvSpec, env: str | None, where: Path):
+    """(index, spec, training stores, vector norm or None) of the env a bundle of this backbone simulates."""
+    records = saved.get("envs") or []
+    names = [e.get("name") for e in saved["config"].get("envs", [])]
+    if env is None:
+        index = 0
+    elif env in names:
+        index = names.index(env)
+    else:
+        raise BundleError(f"{where} learned no env {env!r}; it learned {', '.join(map(str, names))}")
+    if not records:
+        return index, spec, [], None
+    try:
+        record = records[index]
+        return index, EnvSpec.from_dict(record["spec"]), list(record["stores"]), record.get("vector_norm")
+    except (IndexError, KeyError, TypeError, ValueError) as err:
+        raise BundleError(f"{where}/diffusion.json: key 'envs' is damaged: {err}") from err
+
+
+def _bundle_base(out, spec: EnvSpec, stores: list[str], length: int, **contexts) -> dict[str, Any]:
+    """config.json's contents so far: the bundle's own when one is at `out` (checked against `spec`), else a
+    new diffusion-only bundle's with start contexts written from `stores`."""
     out = Path(out)
     if (out / CONFIG_FILE).is_file():
         config = read_bundle_config(out)
         if config["spec"] != spec:
-            raise BundleError(f"{diffusion_dir} was trained on another spec than bundle {out}")
+            raise BundleError(f"the diffusion backbone was trained on another spec than bundle {out}")
         if config["context_length"] < length:
             raise BundleError(f"bundle {out} carries {config['context_length']}-step contexts; the model needs {length}")
-        raw = json.loads((out / CONFIG_FILE).read_text())
-    else:
-        opened = _open_stores(stores, spec, "the model was")
-        context_length = max(context_length, length)
-        start = sample_contexts(opened, contexts, context_length, seed)
-        out.mkdir(parents=True, exist_ok=True)
-        _save_contexts(out, start)
-        raw = {
-            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "spec": spec.to_dict(), "backends": [],
-            "context_length": context_length, "versions": versions(),
-            "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stores": [s.location for s in opened]},
-        }
-    if (out / UNET_DIR).exists():
-        shutil.rmtree(out / UNET_DIR)
-    shutil.copytree(diffusion_dir / UNET_DIR, out / UNET_DIR)
-    shutil.copyfile(diffusion_dir / HEAD_FILE, out / HEAD_FILE)
-    try:
-        vector_stats = VectorStats.load(diffusion_dir)
-    except ValueError as err:
-        raise BundleError(str(err)) from err
-    raw["diffusion"] = {"config": saved["config"], "vector_norm": vector_stats.to_dict()}
-    raw.setdefault("provenance", {})["diffusion"] = saved.get("training", {})
+        return json.loads((out / CONFIG_FILE).read_text())
+    if not stores:
+        raise BundleError("give --store: the start contexts come from the env's episodes")
+    opened = _open_stores(stores, spec, "the model was")
+    context_length = max(contexts["context_length"], length)
+    start = sample_contexts(opened, contexts["contexts"], context_length, contexts["seed"])
+    out.mkdir(parents=True, exist_ok=True)
+    _save_contexts(out, start)
+    return {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "spec": spec.to_dict(), "backends": [],
+        "context_length": context_length, "versions": versions(),
+        "provenance": {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stores": [s.location for s in opened]},
+    }
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+
+
+def _finish_diffusion_bundle(out: Path, raw: dict[str, Any]) -> Path:
     raw["backends"] = [b for b in raw.get("backends", []) if b != "diffusion"] + ["diffusion"]
     raw["versions"] = versions()
     (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2))
     return out
+
+
+def write_adapted_bundle(
+    out: str | Path,
+    adapted_dir: str | Path,
+    base: str | Path,
+    stores: list[str],
+    facts: dict[str, Any],
+    training: dict[str, Any],
+    *,
+    contexts: int = DEFAULT_CONTEXTS,
+    context_length: int = DEFAULT_CONTEXT_LENGTH,
+    seed: int = 0,
+) -> Path:
+    """A bundle of a backbone adapted to a new env (`worldmodel adapt`): start contexts from the new env's
+    `stores`; with --method lora or heads, only the new env's parts and the adapter, and a reference to
+    the base bundle (its path, relative to this one when it can be, and the digest of its weights)."""
+    import os
+
+    from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR
+    from worldmodel.models.diffusion.adapter import ENV_FILE, LORA_DIR
+
+    adapted_dir, base = Path(adapted_dir), Path(base).resolve()
+    saved, spec = read_diffusion_saved(adapted_dir / "diffusion.json")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out} is not empty: an adapted bundle is written to a new directory")
+    raw = _bundle_base(out, spec, stores, saved["config"]["context_length"], contexts=contexts,
+                       context_length=context_length, seed=seed)
+    for name in (UNET_DIR, LORA_DIR):
+        if (adapted_dir / name).is_dir():
+            _copy_tree(adapted_dir / name, out / name)
+    for name in (HEAD_FILE, ENV_FILE):
+        if (adapted_dir / name).is_file():
+            shutil.copyfile(adapted_dir / name, out / name)
+    section: dict[str, Any] = {"config": saved["config"], "vector_norm": saved.get("vector_norm"),
+                               "env": facts["env"], "adapter": {k: facts[k] for k in ("method", "rank") if k in facts},
+                               "pretrained_envs": [e["name"] for e in saved["config"]["envs"][:-1]]}
+    if facts["method"] != "full":
+        section["base"] = {"bundle": os.path.relpath(base, out.resolve()), "absolute": str(base),
+                           "digest": weights_digest(base)}
+    raw["diffusion"] = section
+    raw["provenance"]["diffusion"] = training
+    return _finish_diffusion_bundle(out, raw)
+
+
+def weights_digest(bundle: str | Path) -> str:
+    """sha256 over a bundle's diffusion weights (UNet and head files): an adapter fits only these."""
+    import hashlib
+
+    from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR
+
+    digest = hashlib.sha256()
+    for file in sorted(Path(bundle, UNET_DIR).glob("*.safetensors")) + [Path(bundle, HEAD_FILE)]:
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def read_bundle_config(path: str | Path) -> dict[str, Any]:
@@ -253,6 +352,44 @@ def read_bundle_config(path: str | Path) -> dict[str, Any]:
     except ValueError as err:
         raise BundleError(f"{config_path}: key 'spec': {err}") from err
     return config
+
+
+def bundle_summary(path: str | Path) -> dict[str, Any]:
+    """What `worldmodel info BUNDLE` shows: spec, backends, contexts, and what the diffusion backbone learned."""
+    config = read_bundle_config(path)
+    spec = config["spec"]
+    summary: dict[str, Any] = {
+        "bundle": str(path), "env_id": spec.env_id, "image": list(spec.image.shape),
+        "action": f"{'discrete' if spec.action.is_discrete else 'box'}({spec.action.dim})",
+        "vector": spec.vector.size if spec.vector is not None else 0, "backends": config["backends"],
+        "context_length": config["context_length"], "controller": "controller" in config,
+    }
+    if "diffusion" in config["backends"]:
+        section = config["diffusion"]
+        names = [e["name"] for e in section["config"].get("envs", [])]
+        env = int(section.get("env", 0))
+        summary["diffusion"] = {
+            "simulates": names[env] if env < len(names) else None,
+            "pretrained_envs": section.get("pretrained_envs", names),
+            "adapter": section.get("adapter"),
+            "base": (section.get("base") or {}).get("absolute"),
+        }
+    return summary
+
+
+def format_bundle_summary(summary: dict[str, Any]) -> str:
+    lines = [f"bundle      {summary['bundle']}", f"env         {summary['env_id'] or '(unnamed)'}",
+             f"image       {'x'.join(map(str, summary['image']))}", f"action      {summary['action']}",
+             f"vector      {summary['vector'] or 'none'}", f"backends    {', '.join(summary['backends'])}",
+             f"contexts    {summary['context_length']} frames each", f"controller  {'yes' if summary['controller'] else 'no'}"]
+    diffusion = summary.get("diffusion")
+    if diffusion:
+        lines.append(f"diffusion   simulates {diffusion['simulates']}; pretrained on {', '.join(diffusion['pretrained_envs'])}")
+        if diffusion["adapter"]:
+            base = f" of {diffusion['base']}" if diffusion["base"] else ""
+            lines.append(f"adapted     {diffusion['adapter'].get('method')}"
+                         + (f" rank {diffusion['adapter']['rank']}" if "rank" in diffusion["adapter"] else "") + base)
+    return "\n".join(lines)
 
 
 def read_contexts(path: str | Path) -> Context:
@@ -310,24 +447,48 @@ def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", 
 
 
 def _load_diffusion(path: Path, config: dict[str, Any], *, device: str, temperature: float):
-    """The diffusion backend: UNet2DModel.from_pretrained(BUNDLE/diffusion) plus the head (safetensors)."""
+    """The diffusion backend: UNet2DModel.from_pretrained(BUNDLE/diffusion) plus the head (safetensors), or
+    for an adapted bundle its base bundle's backbone with the new env's parts and the adapter merged."""
     from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR, DiffusionConfig, DiffusionWorldModel, load_diffusion
 
-    check_file(path, HEAD_FILE)
-    check_file(path / UNET_DIR, CONFIG_FILE)
+    section = config["diffusion"]
     try:
-        model_config = DiffusionConfig.from_dict(config["diffusion"]["config"])
-        world = load_diffusion(path, model_config)
-    except (KeyError, TypeError) as err:
+        model_config = DiffusionConfig.from_dict(section["config"])
+        env = int(section.get("env", 0))
+        if "base" in section:
+            world = _load_adapted(path, section)
+        else:
+            check_file(path, HEAD_FILE)
+            check_file(path / UNET_DIR, CONFIG_FILE)
+            world = load_diffusion(path, model_config)
+        interface = model_config.envs[env]
+    except (KeyError, TypeError, IndexError) as err:
         raise BundleError(f"bundle {path} has a malformed diffusion config: {err}") from err
     except (ValueError, OSError) as err:
         raise BundleError(f"bundle {path}: {err}") from err
-    check_model_fits_spec(config["spec"], model_config, "the diffusion backbone", path)
-    options = config["diffusion"].get("options") or {}
+    check_model_fits_spec(config["spec"], interface, "the diffusion backbone", path)
+    options = section.get("options") or {}
     return DiffusionWorldModel(
-        config["spec"], world, contexts=read_contexts(path), vector_norm=config["diffusion"].get("vector_norm"),
+        config["spec"], world, contexts=read_contexts(path), vector_norm=section.get("vector_norm"),
         temperature=temperature, sampling_steps=options.get("sampling_steps"), seed=options.get("seed"), device=device,
+        env=env,
     )
+
+
+def _load_adapted(path: Path, section: dict[str, Any]):
+    """An adapted bundle's world: its base bundle's (found beside it, or where it was), checked by digest."""
+    from worldmodel.models.diffusion.adapter import ENV_FILE, load_adapted
+
+    reference = section["base"]
+    candidates = [path / reference["bundle"], Path(reference["absolute"])]
+    base = next((c for c in candidates if (c / CONFIG_FILE).is_file()), None)
+    if base is None:
+        raise BundleError(f"bundle {path} was adapted from {reference['absolute']}, which is gone: keep the base "
+                          "bundle beside it (or where it was)")
+    if weights_digest(base) != reference["digest"]:
+        raise BundleError(f"bundle {path}: its base bundle {base} holds other weights than it was adapted from")
+    check_file(path, ENV_FILE)
+    return load_adapted(load_bundle(base, "diffusion").world, path, section)
 
 
 def save_controller(path: str | Path, controller, info: dict[str, Any]) -> Path:

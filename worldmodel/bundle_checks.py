@@ -23,7 +23,8 @@ class BundleError(UserError):
 # What each backend's section of config.json must hold: key -> (JSON type, required).
 BACKEND_KEYS = {
     "vmc": {"vae": (dict, True), "mdnrnn": (dict, True), "vector_norm": ((dict, type(None)), False)},
-    "diffusion": {"config": (dict, True), "vector_norm": ((dict, type(None)), False), "options": (dict, False)},
+    "diffusion": {"config": (dict, True), "vector_norm": ((dict, type(None)), False), "options": (dict, False),
+                  "env": (int, False), "base": (dict, False), "adapter": (dict, False)},
 }
 
 

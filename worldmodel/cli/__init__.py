@@ -23,6 +23,7 @@ import sys
 import warnings
 from contextlib import contextmanager
 
+from worldmodel.cli.adapt import add_adapt_command
 from worldmodel.cli.agents import add_demo_command, add_eval_command
 from worldmodel.cli.common import CliError, add_training_arguments, check_output_directory
 from worldmodel.cli.data import add_collect_command, add_info_command
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_collect_command, add_import_command, add_info_command, add_train_command, add_eval_command,
-                add_bundle_command, add_eval_model_command, add_serve_command, add_play_command, add_demo_command):
+                add_bundle_command, add_adapt_command, add_eval_model_command, add_serve_command, add_play_command, add_demo_command):
         add(subparsers)
     return parser
 

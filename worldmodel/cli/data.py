@@ -103,15 +103,23 @@ def check_policy(policy: str) -> None:
 def add_info_command(subparsers: Subparsers) -> None:
     parser = add_command(
         subparsers, "info", run_info,
-        help="summarize an episode store",
-        description="Reads: STORE. Writes: nothing. Prints episodes, steps, spec, bytes on disk, "
-        "compression ratio and per-episode return statistics. Time: about a second.",
+        help="summarize an episode store or a bundle",
+        description="Reads: STORE or BUNDLE. Writes: nothing. A store: episodes, steps, spec, bytes on disk, "
+        "compression ratio and per-episode return statistics. A bundle: its spec, backends, start contexts, the "
+        "envs its diffusion backbone was pretrained on and, for an adapted one, its base and method. "
+        "Time: about a second.",
     )
-    parser.add_argument("store", help="store path or fsspec URL")
+    parser.add_argument("store", metavar="STORE|BUNDLE", help="store path or fsspec URL, or a bundle directory")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def run_info(args: argparse.Namespace) -> None:
+    from worldmodel.bundle import CONFIG_FILE, bundle_summary, format_bundle_summary
+
+    if "://" not in args.store and os.path.isfile(os.path.join(args.store, CONFIG_FILE)):
+        summary = bundle_summary(args.store)
+        print(json.dumps(summary, indent=2) if args.json else format_bundle_summary(summary))
+        return
     print_store_summary(args.store, as_json=args.json)
 
 

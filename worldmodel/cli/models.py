@@ -14,13 +14,17 @@ def add_bundle_command(subparsers: Subparsers) -> None:
         help="assemble a simulator bundle from trained models",
         description="Reads: --vae and --mdnrnn run directories and/or --diffusion, --store (for start contexts). "
         "Writes: --out (config.json, safetensors, start contexts; diffusion/ in diffusers format). --diffusion "
-        "alone adds that backend to the bundle at --out, or makes a diffusion-only bundle. Time: seconds.",
+        "alone adds that backend to the bundle at --out, or makes a diffusion-only bundle; a backbone trained on "
+        "several envs simulates --env (default: its first), and without --store its start contexts come from that "
+        "env's training stores. Time: seconds.",
     )
     parser.add_argument("--vae", default=None, help="the `train vae` run (with --mdnrnn: the V-M-C backend)")
     parser.add_argument("--mdnrnn", default=None, help="the `train mdnrnn` run")
     parser.add_argument("--diffusion", default=None, metavar="RUN",
                         help="the `train diffusion` run: added to the bundle at --out (made if absent)")
-    parser.add_argument("--store", action="append", required=True)
+    parser.add_argument("--store", action="append", default=None,
+                        help="episodes for the start contexts (optional with --diffusion alone)")
+    parser.add_argument("--env", default=None, help="--diffusion of several envs: the env the bundle simulates")
     parser.add_argument("--out", required=True)
     parser.add_argument("--contexts", type=positive_int, default=64, help="real start contexts to carry")
     parser.add_argument("--context-length", type=positive_int, default=4, help="frames per start context (L)")
@@ -35,13 +39,17 @@ def run_bundle(args: argparse.Namespace) -> None:
         raise CliError("give both --vae and --mdnrnn (the V-M-C backend), or neither")
     if not args.vae and not args.diffusion:
         raise CliError("nothing to bundle: give --vae and --mdnrnn, and/or --diffusion")
+    if args.vae and not args.store:
+        raise CliError("--vae and --mdnrnn need --store: the start contexts come from its episodes")
+    if args.env is not None and not args.diffusion:
+        raise CliError("--env chooses among a diffusion backbone's envs: give --diffusion")
     contexts = {"contexts": args.contexts, "context_length": args.context_length, "seed": args.seed}
     path = args.out
     if args.vae:
         path = write_vmc_bundle(args.out, model_dir(args.vae), model_dir(args.mdnrnn), args.store, **contexts)
     if args.diffusion:
         diffusion_dir = model_dir(args.diffusion, marker=DIFFUSION_CONFIG_FILE)
-        path = add_diffusion_to_bundle(args.out, diffusion_dir, args.store, **contexts)
+        path = add_diffusion_to_bundle(args.out, diffusion_dir, args.store, env=args.env, **contexts)
     print(f"bundle written to {path}")
 
 

@@ -134,6 +134,9 @@ def add_train_diffusion(models: Subparsers) -> None:
         "(plus 30 s Ray start-up).",
     )
     _add_store_argument(parser)
+    parser.add_argument("--store-weights", default=None, metavar="W1,W2,...",
+                        help="each --store's share of a batch, in their order (default: in proportion to their steps); "
+                        "stores of different envs train one backbone, each env with its own embedding and head")
     parser.add_argument("--context-length", type=positive_int, default=None, help="L, frames the denoiser sees (default 4)")
     add_training_arguments(parser)
 
@@ -141,9 +144,15 @@ def add_train_diffusion(models: Subparsers) -> None:
 def run_train_diffusion(args: argparse.Namespace) -> None:
     from worldmodel.train.diffusion import train_diffusion
 
+    weights = None
+    if args.store_weights is not None:
+        try:
+            weights = [float(w) for w in args.store_weights.split(",")]
+        except ValueError:
+            raise CliError(f"--store-weights must be numbers separated by commas, got {args.store_weights!r}") from None
     target = train_diffusion(
         args.store, launch_options(args), preset=args.preset, max_steps=args.max_steps, seed=args.seed,
-        context_length=args.context_length,
+        context_length=args.context_length, store_weights=weights,
     )
     print_run(target, args.out)
 

@@ -42,10 +42,20 @@ class TrainConfig(Schedule):
     """Torch threads per worker (set by the launcher; 0 keeps torch's default)."""
     resume_from: str = ""
     """A checkpoint directory `--resume` found on disk (set by the launcher)."""
+    store_weights: tuple[float, ...] = ()
+    """Diffusion: each store's share of a batch's windows, in the order of `stores` (empty: by their steps)."""
+    store_envs: tuple[int, ...] = ()
+    """Diffusion: the env (index into the model config's envs) of each store (empty: all env 0)."""
+    env_vector_norms: tuple[dict[str, list[float]], ...] = ()
+    """Diffusion: VectorStats.to_dict() per env (empty: `vector_norm` for env 0)."""
+    adapt: dict[str, Any] = field(default_factory=dict)
+    """`worldmodel adapt`: {"base": bundle, "method": lora|heads|full, "rank": R, "episodes": K (0: all)}."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stores", tuple(self.stores))
         object.__setattr__(self, "latents", tuple(self.latents))
+        for name in ("store_weights", "store_envs", "env_vector_norms"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         for name in ("batch_size", "max_steps", "checkpoint_every", "log_every", "window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -81,7 +91,7 @@ class TrainConfig(Schedule):
     def provenance(self) -> dict[str, Any]:
         """What produced the weights, for the model directory: all but the model config (saved beside it),
         the vector stats (saved as vector_norm.json) and where this run happened to live."""
-        skip = {"model", "vector_norm", "out", "threads_per_worker", "resume_from"}
+        skip = {"model", "vector_norm", "env_vector_norms", "out", "threads_per_worker", "resume_from"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 

@@ -105,7 +105,7 @@ def train_loop(
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(unwrap(wrapped).parameters(), grad_clip)
         optimizer.step()
-        samples += len(next(iter(batch.values())))
+        samples += config.batch_size  # rows per step, however a batch splits them (several envs: several groups)
         if bar is not None:
             bar.update(1)
         is_last = step == max_steps

@@ -96,9 +96,9 @@ def shard(items: list, rank: int, world: int) -> list:
     return mine if mine else list(items)
 
 
-def worker_episodes(stores: tuple[str, ...]) -> tuple[list, list]:
-    """In a Ray Train worker: the opened stores and this rank's share of their episodes, as
-    (store index, EpisodeRef) pairs for the WindowSampler."""
+def worker_episodes(stores: tuple[str, ...], limit: int = 0) -> tuple[list, list]:
+    """In a Ray Train worker: the opened stores and this rank's share of their episodes (of the first
+    `limit` when it is not 0), as (store index, EpisodeRef) pairs for the WindowSampler."""
     import ray.train
 
     from worldmodel.data import EpisodeStore
@@ -106,4 +106,5 @@ def worker_episodes(stores: tuple[str, ...]) -> tuple[list, list]:
     context = ray.train.get_context()
     opened = [EpisodeStore.open(location) for location in stores]
     episodes = [(i, ref) for i, store in enumerate(opened) for ref in store.episodes]
+    episodes = episodes[:limit] if limit else episodes
     return opened, shard(episodes, context.get_world_rank(), context.get_world_size())

@@ -22,7 +22,8 @@ class DiffusionWorldModel:
 
     State: frames [B, L, H, W, C] uint8 (the last L frames, the newest last), actions [B, L - 1(, A)]
     (those taken at all but the newest frame), vectors [B, L, D] (normalized; when the spec has one),
-    h and c [B, head_hidden] (the reward head's LSTM).
+    h and c [B, head_hidden] (the reward head's LSTM). A backbone of several envs simulates one of them,
+    `env` (an index into its config's envs): its encoders and its head.
     """
 
     backend = "diffusion"
@@ -38,11 +39,16 @@ class DiffusionWorldModel:
         seed: int | None = None,
         temperature: float = 1.0,
         device: str | torch.device = "cpu",
+        env: int = 0,
     ):
         self.spec = spec
         self.device = torch.device(device)
         self.world = world.to(self.device).eval()
         self.config = world.config
+        if not 0 <= env < len(world.envs):
+            raise ValueError(f"env {env} is not one of this backbone's {len(world.envs)} envs")
+        self.env = int(env)
+        self.parts = world.envs[self.env]
         self.sampling_steps = int(sampling_steps or self.config.sampling_steps)
         if self.sampling_steps < 1:
             raise ValueError(f"sampling_steps must be >= 1, got {self.sampling_steps}")
@@ -66,10 +72,10 @@ class DiffusionWorldModel:
         big_l = self.context_length
         if length < big_l:
             raise ValueError(f"this model conditions on {big_l} frames: the context has {length}")
-        hc = self.world.head.initial_state(b, self.device)
+        hc = self.parts.head.initial_state(b, self.device)
         if length > 1:
-            _, _, _, hc = self.world.head(
-                frames_to_unit(frames[:, :-1]), self.world.action_features(actions[:, :-1]),
+            _, _, _, hc = self.parts.head(
+                frames_to_unit(frames[:, :-1]), self.parts.action_features(actions[:, :-1]),
                 None if vectors is None else vectors[:, :-1], hc,
             )
         state = {"frames": frames[:, -big_l:].contiguous(), "actions": actions[:, length - big_l : length - 1].contiguous(),
@@ -92,9 +98,9 @@ class DiffusionWorldModel:
         scale = self.temperature if temperature is None else float(temperature)
         actions = torch.cat([state["actions"], action[:, None]], dim=1)
         vectors = state.get("vectors")
-        next_frame = self.world.sample_next(frames, actions, vectors, generator, self.sampling_steps, scale)
-        (reward, logit, next_vector), (h, c) = self.world.head.step(
-            frames_to_unit(frames[:, -1]), self.world.action_features(action),
+        next_frame = self.world.sample_next(frames, actions, vectors, generator, self.sampling_steps, scale, self.env)
+        (reward, logit, next_vector), (h, c) = self.parts.head.step(
+            frames_to_unit(frames[:, -1]), self.parts.action_features(action),
             None if vectors is None else vectors[:, -1], (state["h"], state["c"]),
         )
         terminated = draw_uniform(b, generator, self.device) < torch.sigmoid(logit.float())

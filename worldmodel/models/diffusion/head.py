@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from worldmodel.models.diffusion.config import DiffusionConfig
+from worldmodel.models.diffusion.config import DiffusionConfig, EnvInterface
 
 HeadState = tuple[Tensor, Tensor]
 """The LSTM's (h, c), each [B, head_hidden]."""
@@ -20,11 +20,13 @@ class RewardHead(nn.Module):
     """Reward, termination and next vector from (frame_t, a_t, v_t) and an LSTM's memory.
 
     One LSTM cell steps the dream; `forward` runs the same cell over a sequence for training.
+    Each env has its own head (`interface`: its action and vector sizes).
     """
 
-    def __init__(self, config: DiffusionConfig):
+    def __init__(self, config: DiffusionConfig, interface: EnvInterface):
         super().__init__()
         self.config = config
+        self.vector_dim = interface.vector_dim
         layers, channels = [], config.channels
         for out in config.head_channels:
             layers += [nn.Conv2d(channels, out, 4, stride=2, padding=1), nn.SiLU()]
@@ -32,8 +34,8 @@ class RewardHead(nn.Module):
         self.encoder = nn.Sequential(*layers, nn.Flatten())
         side = config.image_size // 2 ** len(config.head_channels)
         self.project = nn.Linear(channels * side * side, config.head_hidden)
-        self.cell = nn.LSTMCell(config.head_hidden + config.action_dim + config.vector_dim, config.head_hidden)
-        self.out = nn.Linear(config.head_hidden, 2 + config.vector_dim)
+        self.cell = nn.LSTMCell(config.head_hidden + interface.action_dim + interface.vector_dim, config.head_hidden)
+        self.out = nn.Linear(config.head_hidden, 2 + interface.vector_dim)
 
     def initial_state(self, batch: int, device: torch.device | str) -> HeadState:
         zeros = torch.zeros(batch, self.config.head_hidden, device=device)
@@ -48,7 +50,7 @@ class RewardHead(nn.Module):
         parts = [features, action] + ([vector] if vector is not None else [])
         h, c = self.cell(torch.cat(parts, dim=-1), hc)
         out = self.out(h)
-        next_vector = out[:, 2:] if self.config.vector_dim else None
+        next_vector = out[:, 2:] if self.vector_dim else None
         return (out[:, 0], out[:, 1], next_vector), (h, c)
 
     def forward(
@@ -62,7 +64,7 @@ class RewardHead(nn.Module):
         for i in range(t):
             (r, e, v), hc = self.step(frames[:, i], actions[:, i], None if vectors is None else vectors[:, i], hc)
             rewards.append(r), logits.append(e), nexts.append(v)
-        stacked = torch.stack(nexts, 1) if self.config.vector_dim else None
+        stacked = torch.stack(nexts, 1) if self.vector_dim else None
         return torch.stack(rewards, 1), torch.stack(logits, 1), stacked, hc
 
 

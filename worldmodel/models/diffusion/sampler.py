@@ -24,17 +24,19 @@ def sample_next_frame(
     generator: Noise = None,
     steps: int | None = None,
     noise_scale: float = 1.0,
+    env: int = 0,
 ) -> Tensor:
     """Frames [B, L, H, W, C] uint8 and their actions [B, L(, A)] (the last: the action taken now) ->
     the next frame [B, H, W, C] uint8, by `steps` Euler steps (default: the config's sampling_steps).
 
     `generator`: per-row streams (each row's initial noise from its own), one torch.Generator, or None.
-    `noise_scale` multiplies the initial noise (1: the trained model as is)."""
+    `noise_scale` multiplies the initial noise (1: the trained model as is); `env`: which of the backbone's
+    environments the actions belong to."""
     from diffusers import EDMEulerScheduler
 
     context = frames_to_unit(frames)
     b, _, c, h, w = context.shape
-    condition = world.condition_embedding(actions, vectors)
+    condition = world.condition_embedding(actions, vectors, env)
     scheduler = EDMEulerScheduler.from_config(world.scheduler.config)  # its own step counter: re-entrant
     scheduler.set_timesteps(steps or world.config.sampling_steps, device=context.device)
     x = draw_normal((b, c, h, w), generator, context.device, context.dtype)
