@@ -27,7 +27,8 @@ def add_adapt_command(subparsers: Subparsers) -> None:
     parser.add_argument("--rank", type=positive_int, default=None,
                         help="--method lora: the LoRA rank (default 2: about 3%% of a small UNet's parameters)")
     parser.add_argument("--episodes", type=positive_int, default=None, help="learn from the first K episodes only")
-    parser.add_argument("--run", default=None, help="the training run directory (default: OUT.run beside --out)")
+    parser.add_argument("--run", dest="run_dir", default=None,
+                        help="the training run directory (default: OUT.run beside --out)")
     parser.add_argument("--contexts", type=positive_int, default=64, help="real start contexts to carry")
     add_training_arguments(parser)
 
@@ -43,7 +44,7 @@ def run_adapt(args: argparse.Namespace) -> None:
     if args.method != "lora" and args.rank is not None:
         raise CliError(f"--rank is LoRA's: it means nothing with --method {args.method}")
     check_adaptable(args.bundle, args.store)  # before Ray starts or anything is written
-    run = args.run or f"{str(out).rstrip('/')}.run"
+    run = args.run_dir or f"{str(out).rstrip('/')}.run"
     options = LaunchOptions(out=run, workers=args.workers, gpus_per_worker=args.gpus_per_worker, resume=args.resume)
     adapted, config, facts = adapt_diffusion(
         args.bundle, args.store, options, method=args.method, rank=args.rank or 2, preset=args.preset,
