@@ -185,3 +185,18 @@ def test_bad_combinations_are_one_line_and_write_nothing(pretrained, vmc_runs, c
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, err
         assert not out.exists() and not Path(f"{out}.run").exists()
+
+
+def test_v_learns_the_frames_of_several_envs(cartpole_store, pretrained, tmp_path):
+    from worldmodel.data import EpisodeStore, StoreError, WindowSampler
+    from worldmodel.models.io import load_pretrained
+    from worldmodel.train.launcher import LaunchOptions
+    from worldmodel.train.vae import train_vae
+
+    stores = [cartpole_store, pretrained["box_store"]]
+    model = train_vae(stores, LaunchOptions(out=str(tmp_path / "vae")), preset="tiny", max_steps=2)
+    assert load_pretrained(model, expected="ConvVAE").config.latent_dim > 0
+    opened = [EpisodeStore.open(s) for s in stores]
+    assert WindowSampler(opened, 1, keys=("image",)).sample(4, np.random.default_rng(0))["image"].shape == (4, 1, 64, 64, 3)
+    with pytest.raises(StoreError, match="action differ"):  # their actions are not alike: no window of both
+        WindowSampler(opened, 2, keys=("image", "action"))

@@ -115,8 +115,8 @@ def write_vmc_bundle(
     m_saved, v_saved = read_saved_config(mdnrnn_dir), read_saved_config(vae_dir)
     spec = saved_spec(mdnrnn_dir)
     check_model_fits_spec(spec, mdnrnn.config, f"M ({mdnrnn_dir})", out)
-    if saved_spec(vae_dir) != spec:
-        raise BundleError(f"{vae_dir} and {mdnrnn_dir} were trained on different specs")
+    if saved_spec(vae_dir).image != spec.image:  # V may have learned several envs' frames: only they must match
+        raise BundleError(f"{vae_dir} and {mdnrnn_dir} were trained on frames of different sizes")
     if mdnrnn.config.latent_dim != vae.config.latent_dim:
         raise BundleError(f"M expects z of {mdnrnn.config.latent_dim} dims, V makes {vae.config.latent_dim}")
     try:

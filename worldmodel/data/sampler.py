@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from worldmodel.data.layout import check_keys, read_rows
+from worldmodel.data.layout import array_layout, check_keys, read_rows
 from worldmodel.data.store import EpisodeRef, EpisodeStore, StoreError
 
 
@@ -61,7 +61,8 @@ class ChunkCache:
 
 
 class WindowSampler:
-    """Sample or index windows of `window` steps from one or more stores of the same spec.
+    """Sample or index windows of `window` steps from one or more stores whose arrays of `keys` are alike
+    (of one spec, or of several envs whose frames match when only frames are read).
 
     Episodes shorter than the window are skipped (`skipped_episodes` counts them).
     Windows are fresh arrays (never views of cached chunks): changing one changes nothing else.
@@ -80,13 +81,17 @@ class WindowSampler:
         if not self.stores:
             raise StoreError("a window sampler needs at least one store")
         self.spec = self.stores[0].spec
-        for store in self.stores[1:]:
-            if store.spec != self.spec:
-                raise StoreError(f"stores of different specs cannot share a sampler: {store.location}")
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.window = int(window)
         self.keys = check_keys(self.spec, keys)
+        # Stores of different envs share a sampler when the arrays it reads are alike (V reads frames only).
+        first = array_layout(self.spec)
+        for store in self.stores[1:]:
+            layout = array_layout(store.spec)
+            unlike = [key for key in self.keys if layout.get(key) != first[key]]
+            if unlike:
+                raise StoreError(f"stores whose {', '.join(unlike)} differ cannot share a sampler: {store.location}")
         if episodes is None:
             episodes = [(i, ref) for i, store in enumerate(self.stores) for ref in store.episodes]
         self.episodes = [(s, ref) for s, ref in episodes if ref.length >= self.window]

@@ -158,14 +158,19 @@ def store_locations(stores: list[str]) -> list[str]:
     return [s if "://" in str(s) else str(Path(s).resolve()) for s in stores]
 
 
-def common_spec(stores: list[str]):
+def common_spec(stores: list[str], *, frames_only: bool = False):
+    """The stores' spec (the first's), or a StoreError when they differ; `frames_only`: only their frames
+    must be alike (V, a visual encoder, learns from several envs)."""
     from worldmodel.data import EpisodeStore, StoreError
 
     if not stores:
         raise ValueError("give at least one --store")
     opened = [EpisodeStore.open(s) for s in stores]
     for store in opened[1:]:
-        if store.spec != opened[0].spec:
+        if frames_only and store.spec.image != opened[0].spec.image:
+            raise StoreError(f"{store.location} holds {store.spec.image.shape} frames, {opened[0].location} "
+                             f"{opened[0].spec.image.shape}: V learns frames of one size")
+        if not frames_only and store.spec != opened[0].spec:
             raise StoreError(f"{store.location} has another spec than {opened[0].location}")
     if sum(s.num_steps for s in opened) == 0:
         raise StoreError(f"{', '.join(stores)} hold no episodes: collect some first")

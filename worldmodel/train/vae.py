@@ -1,4 +1,5 @@
-"""Train V, the ConvVAE, on frames of one or more stores (Ray Train, DDP)."""
+"""Train V, the ConvVAE, on frames of one or more stores (Ray Train, DDP): stores of different envs too,
+when their frames are alike (V is then a visual encoder shared by those envs' M)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def train_vae(
     `init_from`: a V model directory to start from (fine-tuning on new data)."""
     from worldmodel.models import VAEConfig
 
-    spec = common_spec(stores)
+    spec = common_spec(stores, frames_only=True)
     chosen = get_preset("vae", preset)
     init_from, model_config = starting_point(init_from, "ConvVAE", VAEConfig.from_spec(spec, **chosen.model).to_dict())
     config = TrainConfig.from_preset(
