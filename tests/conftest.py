@@ -135,6 +135,20 @@ def box_bundle(tmp_path_factory) -> str:
     return str(write_vmc_bundle(root / "bundle", root / "vae", root / "mdnrnn", [store.location], contexts=4))
 
 
+def step_dream_env(bundle: str, steps: int, **options):
+    """Reset `worldmodel/Dream-v0` of the bundle at seed 0 and take `steps` random actions; the last frame and reward."""
+    import gymnasium
+
+    import worldmodel  # noqa: F401  (registers the env ids)
+
+    env = gymnasium.make("worldmodel/Dream-v0", bundle=str(bundle), **options)
+    observation, _ = env.reset(seed=0)
+    for _ in range(steps):
+        observation, reward, *_ = env.step(env.action_space.sample())
+    env.close()
+    return (observation["image"] if isinstance(observation, dict) else observation), reward
+
+
 # -- in-process gRPC servers (tests/test_service.py, tests/test_dm_env_rpc.py) ---------------------------
 def on_loop(loop, coroutine, timeout: float = 60):
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)

@@ -10,12 +10,12 @@ import json
 import threading
 from pathlib import Path
 
-import gymnasium
 import numpy as np
 import pytest
 import torch
 
 import worldmodel
+from conftest import step_dream_env
 from worldmodel.cli import main
 
 STEPS = 4
@@ -117,13 +117,8 @@ def test_the_adapted_bundle_is_small_and_a_whole_simulator(pretrained, adapted, 
     assert weights_bytes(Path(bundle) / "diffusion_lora") < 0.1 * weights_bytes(Path(pretrained["bundle"]) / "diffusion")
     model = worldmodel.load_bundle(bundle, "diffusion")
     assert model.spec.env_id == "ALE/Pong-v5" and model.env == 2
-    env = gymnasium.make("worldmodel/Dream-v0", bundle=bundle, backend="diffusion")
-    observation, _ = env.reset(seed=0)
-    for _ in range(3):
-        observation, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-    image = observation["image"] if isinstance(observation, dict) else observation
+    image, reward = step_dream_env(bundle, 3, backend="diffusion")
     assert image.shape == (64, 64, 3) and np.isfinite(reward)
-    env.close()
     assert main(["info", bundle]) == 0
 
 

@@ -11,6 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from conftest import step_dream_env
 from worldmodel.cli import main
 from worldmodel.data import EpisodeStore
 
@@ -303,13 +304,8 @@ def dream_on(store: str, root: Path) -> None:
     vae = train_vae([store], LaunchOptions(out=str(root / "vae")), preset="tiny", max_steps=10)
     mdnrnn = train_mdnrnn([store], str(vae), LaunchOptions(out=str(root / "mdnrnn")), preset="tiny", max_steps=10)
     bundle = write_vmc_bundle(root / "bundle", vae, mdnrnn, [store], contexts=4)
-    env = gym.make("worldmodel/Dream-v0", bundle=str(bundle))
-    observation, _ = env.reset(seed=0)
-    for _ in range(5):
-        observation, reward, terminated, truncated, _ = env.step(env.action_space.sample())
-    image = observation["image"] if isinstance(observation, dict) else observation
+    image, reward = step_dream_env(bundle, 5)
     assert image.shape == (64, 64, 3) and np.isfinite(reward)
-    env.close()
 
 
 @pytest.mark.slow
