@@ -208,11 +208,13 @@ def adapter_bytes(bundle: str) -> int:
     return int(sum(f.stat().st_size for f in Path(bundle).rglob("*") if f.is_file() and f.name not in skip))
 
 
-def score(bundle: str, heldout: str) -> dict:
-    """{horizon: (psnr, ssim)} of the bundle's dreams and of copy-last-frame on the held-out episodes."""
+def score(bundle: str, heldout: str, gif: Path | None = None) -> dict:
+    """{horizon: (psnr, ssim)} of the bundle's dreams and of copy-last-frame on the held-out episodes; with
+    `gif`, a folder for real_vmc_diffusion.gif (real | dream from one start, under the real actions)."""
     from worldmodel.evaluate import evaluate_fidelity
 
-    result = evaluate_fidelity(bundle, heldout, max_episodes=16, max_starts=48, horizons=HORIZONS)
+    result = evaluate_fidelity(bundle, heldout, max_episodes=16, max_starts=48, horizons=HORIZONS,
+                               out=None if gif is None else str(gif))
     rows = result["rows"]
     return {name: {h: (rows[name][str(h)]["psnr"], rows[name][str(h)]["ssim"]) for h in HORIZONS if str(h) in rows[name]}
             for name in ("diffusion", "copy last frame")}
@@ -286,7 +288,7 @@ def main(argv=None) -> int:
                            ("zero-shot", lambda: zero_shot(work, base, subsets[k], f"K{k}"))):
             bundle, facts = make()
             facts["adapter_bytes"] = directory_bytes(bundle) if name in ("scratch", "full") else adapter_bytes(bundle)
-            facts["score"] = score(bundle, heldout)
+            facts["score"] = score(bundle, heldout, work / f"gif-{name}-K{k}" if k == ks[0] else None)
             results[f"{name}-K{k}"] = facts
             print(f"K={k} {name}: PSNR@4 {facts['score']['diffusion'][4][0]:.2f} dB ({facts['seconds']:.0f} s)")
 
@@ -313,7 +315,7 @@ def main(argv=None) -> int:
     for n, g in zip(counts, gains, strict=True):
         print(f"| {n} | {g:+.2f} dB |")
     plot = scaling_plot(work / "scaling.png", counts, gains)
-    print(f"\nscaling plot: {plot}")
+    print(f"\nscaling plot: {plot}; real | dream GIFs at K={ks[0]}: {work}/gif-<model>-K{ks[0]}/real_vmc_diffusion.gif")
     print(f"\nPRE-REGISTERED: K={ks[0]}, LoRA - scratch at PSNR@4 = {gain:+.2f} dB (margin {MARGIN_DB} dB), LoRA "
           f"{lora['lora_share']:.1%} of the UNet (at most {MAX_LORA_SHARE:.0%}): {'PASS' if passed else 'MISS'}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -66,3 +66,18 @@ def test_gpu_benchmark_quick_cpu_run_fills_every_row(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["benchmark"] == "gpu" and summary["device"] == "cpu" and summary["quick"] is True
     assert all(part["ok"] for part in summary["parts"]), summary["parts"]
+
+
+@pytest.mark.slow
+def test_adapt_benchmark_quick_run_reports_every_model_and_the_margin(tmp_path):
+    """benchmarks/adapt.py --quick: the whole leave-one-game-out study at toy sizes (about 2-3 minutes)."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "adapt.py"), "--quick", "--work", str(tmp_path)],
+                            capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    for model in ("scratch", "lora", "full", "zero-shot", "copy last frame"):
+        assert re.search(rf"^\| 2 \| {model} \| \d", result.stdout, re.MULTILINE), model
+    assert re.search(r"^PRE-REGISTERED: K=2, LoRA - scratch at PSNR@4 = [+-]\d+\.\d\d dB \(margin 1\.0 dB\)", result.stdout,
+                     re.MULTILINE)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["scaling"]) == {"1", "2"} and (tmp_path / "scaling.png").stat().st_size > 1000
+    assert (tmp_path / "gif-lora-K2" / "real_vmc_diffusion.gif").is_file()
