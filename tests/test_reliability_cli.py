@@ -238,6 +238,7 @@ OUT_COMMANDS = {  # every subcommand with --out, and the least it needs besides
     "train loop": ["--store", "s", "--bundle", "b"],
     "train rllib": ["--bundle", "b"],
     "bundle": ["--vae", "v", "--mdnrnn", "m", "--store", "s"],
+    "adapt": ["--bundle", "b", "--store", "s"],
     "eval": ["--bundle", "b"],
     "eval-model": ["--bundle", "b", "--store", "s"],
     "demo": [],

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from worldmodel.cli.common import CliError, Subparsers, add_command, add_training_arguments, positive_int
+from worldmodel.cli.common import (
+    CliError, Subparsers, add_command, add_training_arguments, check_output_directory, positive_int,
+)
 
 
 def add_adapt_command(subparsers: Subparsers) -> None:
@@ -43,6 +45,7 @@ def run_adapt(args: argparse.Namespace) -> None:
         raise CliError(f"--out {out} is not empty: the adapted bundle goes to a new directory")
     if args.method != "lora" and args.rank is not None:
         raise CliError(f"--rank is LoRA's: it means nothing with --method {args.method}")
+    check_output_directory(args.run_dir, "--run")
     check_adaptable(args.bundle, args.store)  # before Ray starts or anything is written
     run = args.run_dir or f"{str(out).rstrip('/')}.run"
     options = LaunchOptions(out=run, workers=args.workers, gpus_per_worker=args.gpus_per_worker, resume=args.resume)
