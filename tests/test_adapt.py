@@ -195,3 +195,22 @@ def test_v_learns_the_frames_of_several_envs(cartpole_store, pretrained, tmp_pat
     assert WindowSampler(opened, 1, keys=("image",)).sample(4, np.random.default_rng(0))["image"].shape == (4, 1, 64, 64, 3)
     with pytest.raises(StoreError, match="action differ"):  # their actions are not alike: no window of both
         WindowSampler(opened, 2, keys=("image", "action"))
+
+
+def test_heads_adaptation_to_an_env_with_vectors(pretrained, cartpole_store, tmp_path):
+    """--method heads on CartPole (vectors normalized by the new env's own stats): no peft, no UNet change."""
+    from worldmodel.bundle import write_adapted_bundle
+    from worldmodel.train.adapt import adapt_diffusion
+    from worldmodel.train.launcher import LaunchOptions
+
+    adapted, config, facts = adapt_diffusion(pretrained["bundle"], [cartpole_store], LaunchOptions(out=str(tmp_path / "run")),
+                                             method="heads", preset="tiny", max_steps=2, episodes=3)
+    assert facts["lora_parameters"] == 0 and config.adapt["episodes"] == 3
+    bundle = write_adapted_bundle(tmp_path / "bundle", adapted, pretrained["bundle"], [cartpole_store], facts,
+                                  config.provenance(), contexts=4)
+    assert not (bundle / "diffusion_lora").exists()
+    model = worldmodel.load_bundle(bundle, "diffusion")
+    assert model.config.envs[-1].name == "CartPole-v1#2" and model.config.envs[-1].vector_dim == 4
+    state = model.initial_state(model.contexts.select(slice(0, 2)))
+    _, transition = model.step(state, torch.zeros(2, dtype=torch.int64))
+    assert transition.vector.shape == (2, 4) and torch.isfinite(transition.vector).all()

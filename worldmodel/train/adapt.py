@@ -51,7 +51,9 @@ def train_func(raw: dict[str, Any]) -> None:
     stores, mine = worker_episodes(config.stores, config.adapt.get("episodes", 0))
     seed_worker(config)
     world, _, env = build_adapted(config)
-    next_batch = mixed_batches(stores, mine, config.replace(store_envs=(env,) * len(stores)), world.config.context_length)
+    # Every store is the new env's; its vector stats sit at its index (the base envs' are not read here).
+    routed = config.replace(store_envs=(env,) * len(stores), env_vector_norms=({},) * env + (config.vector_norm,))
+    next_batch = mixed_batches(stores, mine, routed, world.config.context_length)
     train_loop(config, world, next_batch, lambda model, batch: model.loss(batch))
 
 
