@@ -147,8 +147,8 @@ def pretrain(work: Path, stores: list[str], args, tag: str) -> str:
 
 
 def scratch(work: Path, store: str, args, tag: str) -> tuple[str, dict]:
-    from worldmodel.bundle import add_diffusion_to_bundle
-    from worldmodel.models.diffusion import DiffusionConfig, parameter_count
+    from worldmodel.bundle import add_diffusion_to_bundle, load_diffusion_world
+    from worldmodel.models.diffusion import parameter_count
     from worldmodel.train.diffusion import train_diffusion
     from worldmodel.train.launcher import LaunchOptions
 
@@ -156,10 +156,7 @@ def scratch(work: Path, store: str, args, tag: str) -> tuple[str, dict]:
     model, seconds = timed(train_diffusion, [store], LaunchOptions(out=str(run), gpus_per_worker=args.gpus_per_worker),
                            preset=args.preset, max_steps=args.adapt_steps)
     add_diffusion_to_bundle(bundle, model, [store])
-    config = DiffusionConfig.from_dict(json.loads((Path(model) / "diffusion.json").read_text())["config"])
-    from worldmodel.models.diffusion import DiffusionWorld
-
-    trainable = parameter_count(DiffusionWorld(config))
+    trainable = parameter_count(load_diffusion_world(bundle)[0])
     return str(bundle), {"trainable": trainable, "bytes": directory_bytes(bundle), "seconds": seconds}
 
 
@@ -181,12 +178,12 @@ def adapt(work: Path, base: str, store: str, method: str, args, tag: str) -> tup
 
 def zero_shot(work: Path, base: str, store: str, tag: str) -> tuple[str, dict]:
     """The pretrained backbone with the new env's parts as add_env makes them: no step on the new env."""
-    from worldmodel.bundle import load_bundle, write_adapted_bundle
+    from worldmodel.bundle import load_diffusion_world, write_adapted_bundle
     from worldmodel.data import EpisodeStore
     from worldmodel.models.diffusion import EnvInterface
     from worldmodel.models.diffusion.adapter import save_adapted
 
-    world = load_bundle(base, "diffusion").world
+    world = load_diffusion_world(base)[0]
     spec = EpisodeStore.open(store).spec
     env = world.add_env(EnvInterface.from_spec(spec, f"{spec.env_id} (zero-shot)"))
     adapted = work / f"zero-shot-{tag}.run" / "adapted"

@@ -447,10 +447,29 @@ def load_bundle(path: str | Path, backend: str = "vmc", *, device: str = "cpu", 
 
 
 def _load_diffusion(path: Path, config: dict[str, Any], *, device: str, temperature: float):
-    """The diffusion backend: UNet2DModel.from_pretrained(BUNDLE/diffusion) plus the head (safetensors), or
-    for an adapted bundle its base bundle's backbone with the new env's parts and the adapter merged."""
-    from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR, DiffusionConfig, DiffusionWorldModel, load_diffusion
+    """The diffusion backend: its world (`load_diffusion_world`) with the bundle's start contexts."""
+    from worldmodel.models.diffusion import DiffusionWorldModel
 
+    world, env = load_diffusion_world(path, config)
+    section = config["diffusion"]
+    options = section.get("options") or {}
+    return DiffusionWorldModel(
+        config["spec"], world, contexts=read_contexts(path), vector_norm=section.get("vector_norm"),
+        temperature=temperature, sampling_steps=options.get("sampling_steps"), seed=options.get("seed"), device=device,
+        env=env,
+    )
+
+
+def load_diffusion_world(path: str | Path, config: dict[str, Any] | None = None):
+    """(DiffusionWorld, the env it simulates) of a bundle, without its start contexts: the UNet
+    (UNet2DModel.from_pretrained(BUNDLE/diffusion)) plus the head, or for an adapted bundle its base
+    bundle's backbone with the new env's parts and the adapter merged."""
+    from worldmodel.models.diffusion import HEAD_FILE, UNET_DIR, DiffusionConfig, load_diffusion
+
+    path = Path(path)
+    config = read_bundle_config(path) if config is None else config
+    if "diffusion" not in config["backends"]:
+        raise BundleError(f"bundle {path} has no 'diffusion' backend; it has {', '.join(config['backends'])}")
     section = config["diffusion"]
     try:
         model_config = DiffusionConfig.from_dict(section["config"])
@@ -467,12 +486,7 @@ def _load_diffusion(path: Path, config: dict[str, Any], *, device: str, temperat
     except (ValueError, OSError) as err:
         raise BundleError(f"bundle {path}: {err}") from err
     check_model_fits_spec(config["spec"], interface, "the diffusion backbone", path)
-    options = section.get("options") or {}
-    return DiffusionWorldModel(
-        config["spec"], world, contexts=read_contexts(path), vector_norm=section.get("vector_norm"),
-        temperature=temperature, sampling_steps=options.get("sampling_steps"), seed=options.get("seed"), device=device,
-        env=env,
-    )
+    return world, env
 
 
 def _load_adapted(path: Path, section: dict[str, Any]):
@@ -488,7 +502,7 @@ def _load_adapted(path: Path, section: dict[str, Any]):
     if weights_digest(base) != reference["digest"]:
         raise BundleError(f"bundle {path}: its base bundle {base} holds other weights than it was adapted from")
     check_file(path, ENV_FILE)
-    return load_adapted(load_bundle(base, "diffusion").world, path, section)
+    return load_adapted(load_diffusion_world(base)[0], path, section)
 
 
 def save_controller(path: str | Path, controller, info: dict[str, Any]) -> Path:

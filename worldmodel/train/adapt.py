@@ -29,12 +29,12 @@ Breakout scored PSNR@4 23.4 / 24.9 / 25.7 dB at 1x / 10x / 33x the small preset'
 
 def build_adapted(config: TrainConfig):
     """(world, lora config or None, env index): the base backbone with the new env, ready to train."""
-    from worldmodel.bundle import load_bundle
+    from worldmodel.bundle import load_diffusion_world
     from worldmodel.models.diffusion import DiffusionConfig
     from worldmodel.models.diffusion.adapter import add_lora, set_trainable
 
     options = config.adapt
-    world = load_bundle(options["base"], "diffusion").world.train()
+    world = load_diffusion_world(options["base"])[0].train()
     target = DiffusionConfig.from_dict(config.model)
     env = world.add_env(target.envs[-1])
     lora = add_lora(world, int(options["rank"])) if options["method"] == "lora" else None
@@ -63,7 +63,7 @@ def adapt_diffusion(
     options: LaunchOptions,
     *,
     method: str = "lora",
-    rank: int = 4,
+    rank: int = 2,
     preset: str = "small",
     max_steps: int | None = None,
     seed: int = 0,
