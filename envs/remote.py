@@ -69,11 +69,10 @@ class RemoteSession:
                 if len(served) != 1:
                     raise ValueError(f"the server at {address} hosts {sorted(served)}: choose one with model=NAME")
                 model = served[0]
+            self._creation = dict(model=model, backend=backend or "", num_envs=num_envs, temperature=temperature,
+                                  max_episode_steps=max_episode_steps or 0, observation=observation, png=png)
             with _as_value_error(f"the server at {address}"):  # the client checks `observation` against the wire's modes
-                self.info = self.client.create_session(
-                    model, backend=backend or "", num_envs=num_envs, temperature=temperature,
-                    max_episode_steps=max_episode_steps or 0, observation=observation, png=png,
-                )
+                self.info = self.client.create_session(**self._creation)
         except BaseException:
             self.client.close()
             raise
@@ -93,8 +92,23 @@ class RemoteSession:
         self, seed: int | None = None, env_indices: Sequence[int] = (), seeds: Sequence[int] = (),
     ) -> np.ndarray | dict[str, np.ndarray]:
         with _as_value_error("reset"):
-            reply = self.client.reset(self.session_id, seed=seed, env_indices=env_indices, seeds=seeds)
+            try:
+                reply = self.client.reset(self.session_id, seed=seed, env_indices=env_indices, seeds=seeds)
+            except grpc.RpcError as err:
+                if not _lost(err):
+                    raise
+                self._recreate()  # its Ray Serve replica died: a new session (on a live replica) starts over
+                reply = self.client.reset(self.session_id, seed=seed, env_indices=env_indices, seeds=seeds)
         return self._observations(reply)
+
+    def _recreate(self) -> None:
+        if self._steps is not None:
+            self._steps.close(cancel=True)
+            self._steps = None
+        info = self.client.create_session(**self._creation)
+        if info.model.spec != self.spec:
+            raise RuntimeError(f"the model {info.model.name!r} changed its spec since this env was made")
+        self.info, self.session_id = info, info.session_id
 
     def step(self, actions: np.ndarray, reset_mask: np.ndarray | None = None):
         with _as_value_error("step"):
@@ -103,8 +117,23 @@ class RemoteSession:
             else:
                 if self._steps is None or self._steps.closed:
                     self._steps = self.client.open_step_stream(self.session_id)
-                reply = self._steps.step(actions, reset_mask)
+                try:
+                    reply = self._steps.step(actions, reset_mask)
+                except grpc.RpcError as err:
+                    if err.code() in _BROKEN_STREAM:
+                        self._probe_session()
+                    raise
         return self._observations(reply.observation), reply.reward, reply.terminated, reply.truncated
+
+    def _probe_session(self) -> None:
+        """After a StepStream broke under a step (on Ray Serve: its replica died, or the proxy), raise the
+        session's NOT_FOUND "lost" if that is what happened. The probe changes nothing: a reset of an env
+        index past the session's, which the server refuses before it touches any env."""
+        try:
+            self.client.reset(self.session_id, env_indices=[self.num_envs])
+        except grpc.RpcError as probe:
+            if _lost(probe):
+                raise probe from None
 
     def _observations(self, observation: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
         if self.observation == "latent":
@@ -126,6 +155,15 @@ class RemoteSession:
             pass  # already evicted, or the server is gone: nothing left to free
         finally:
             self.client.close()
+
+
+_BROKEN_STREAM = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED)
+"""How a stream ends when what carries it fails, not the step (the server's verdicts have their own codes)."""
+
+
+def _lost(error: grpc.RpcError) -> bool:
+    """The server's word that a session went with its Ray Serve replica (services/ray_serve.py)."""
+    return error.code() == grpc.StatusCode.NOT_FOUND and "lost" in (error.details() or "")
 
 
 class _as_value_error:

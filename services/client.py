@@ -74,8 +74,12 @@ class SimulatorClient:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
 
-    def _call(self, method, request):
-        return method(request, timeout=self.timeout, metadata=self.metadata)
+    def _call(self, method, request, session_id: str | None = None):
+        return method(request, timeout=self.timeout, metadata=self._metadata(session_id))
+
+    def _metadata(self, session_id: str | None) -> tuple:
+        """The token, and the session a call is for (Ray Serve's proxy routes on it; one server ignores it)."""
+        return self.metadata if session_id is None else (*self.metadata, (wire.SESSION_METADATA, session_id))
 
     def list_models(self) -> list[ModelDescription]:
         return [_model(m) for m in self._call(self.stub.ListModels, pb.ListModelsRequest()).models]
@@ -115,23 +119,23 @@ class SimulatorClient:
         request = pb.ResetRequest(session_id=session_id, env_indices=list(env_indices), seeds=[int(s) for s in seeds])
         if seed is not None:
             request.seed = seed
-        return wire.observation_from_proto(self._call(self.stub.Reset, request).observation)
+        return wire.observation_from_proto(self._call(self.stub.Reset, request, session_id).observation)
 
     def step(self, session_id: str, actions, reset_mask=None) -> StepReply:
-        return _reply(self._call(self.stub.Step, step_request(session_id, actions, reset_mask)))
+        return _reply(self._call(self.stub.Step, step_request(session_id, actions, reset_mask), session_id))
 
     def step_stream(self, session_id: str, actions: Iterable) -> Iterator[StepReply]:
         """One reply per action batch, over one bidirectional stream."""
         requests = (step_request(session_id, a) for a in actions)
-        for reply in self.stub.StepStream(requests, metadata=self.metadata):
+        for reply in self.stub.StepStream(requests, metadata=self._metadata(session_id)):
             yield _reply(reply)
 
     def open_step_stream(self, session_id: str) -> StepStream:
         """A StepStream kept open for `session_id`, stepped one call at a time (`StepStream.step`)."""
-        return StepStream(self.stub, session_id, self.metadata, self.timeout)
+        return StepStream(self.stub, session_id, self._metadata(session_id), self.timeout)
 
     def close_session(self, session_id: str) -> None:
-        self._call(self.stub.CloseSession, pb.CloseSessionRequest(session_id=session_id))
+        self._call(self.stub.CloseSession, pb.CloseSessionRequest(session_id=session_id), session_id)
 
     def close(self) -> None:
         self.channel.close()

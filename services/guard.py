@@ -29,7 +29,7 @@ OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 INLINE_PARSE_BYTES = 256 << 10
 """Larger requests are parsed in a worker thread: a 30 MB message of 30 million shape entries took
 0.36 s to parse, which on the event loop would stall every other call (Health included)."""
-_DENIED = "a valid bearer token is required (metadata 'authorization: Bearer <token>')"
+TOKEN_REQUIRED = "a valid bearer token is required (metadata 'authorization: Bearer <token>')"
 _MAKE_HANDLER = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
@@ -66,10 +66,15 @@ class RequestGuard(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _authorized(self, metadata) -> bool:
-        values = [value for key, value in metadata if key == "authorization"]
-        if len(values) != 1 or not isinstance(values[0], str):
-            return False
-        return hmac.compare_digest(values[0].encode(), self._expected)  # no timing hint at the token
+        return bearer_matches(metadata, self._expected)
+
+
+def bearer_matches(metadata, expected: bytes) -> bool:
+    """Whether the call's metadata holds exactly one `authorization` entry and it is `expected`."""
+    values = [value for key, value in metadata if key == "authorization"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return False
+    return hmac.compare_digest(values[0].encode(), expected)  # no timing hint at the token
 
 
 def _behavior(handler):
@@ -84,10 +89,10 @@ def _rebuilt(handler, behavior):
 
 def _denying(handler):
     async def deny_unary(request_or_iterator, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, TOKEN_REQUIRED)
 
     async def deny_stream(request_or_iterator, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, TOKEN_REQUIRED)
         yield  # pragma: no cover - makes this an async generator
 
     return _rebuilt(handler, deny_stream if handler.response_streaming else deny_unary)

@@ -1,4 +1,5 @@
 """Many agents of one process over one StepMany stream (grpc.aio): `await mux.step(session_id, actions)`.
+On Ray Serve (`worldmodel serve --ray`), one stream per replica that holds some of the sessions.
 
 Sixty-four one-env agents that each make their own Step calls pay gRPC's per-call cost 64 times a round
 on both ends, which measured far above the forward itself. Here the steps that the agents of one event
@@ -18,6 +19,7 @@ import asyncio
 
 import grpc
 
+from services import wire
 from services.client import StepError, step_request
 from worldmodel.v1 import simulator_pb2 as pb
 from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
@@ -50,8 +52,7 @@ class StepMultiplexer:
         return await future
 
     async def _run(self) -> None:
-        call = outbox = None
-        opened = False
+        streams: dict[str, _Stream] = {}
         try:
             while True:
                 await self._ready.wait()
@@ -60,40 +61,47 @@ class StepMultiplexer:
                 carried, self._queued = self._queued, []
                 if not carried:
                     continue
-                if call is None:
-                    # Requests go through an iterator, not call.write: a write that loses the race with the
-                    # server's verdict (a refused token) ends the call as INTERNAL, hiding that verdict.
-                    outbox = asyncio.Queue()
-                    call = self._stub.StepMany(_drain(outbox), metadata=self._metadata)
-                    opened = True
-                try:
-                    if opened:
-                        # The server's first word (its initial metadata, or its verdict on the call) before ours:
-                        # a refused token then arrives as UNAUTHENTICATED, not as a write that lost the race.
-                        opened = False
-                        await asyncio.wait_for(call.initial_metadata(), self.timeout)
-                        if call.done():
-                            raise StepError(await call.code(), await call.details())
-                    outbox.put_nowait(pb.StepManyRequest(steps=[request for request, _ in carried]))
-                    self.messages += 1
-                    reply = await asyncio.wait_for(call.read(), self.timeout)
-                    if reply is grpc.aio.EOF:
-                        raise StepError(grpc.StatusCode.UNAVAILABLE, "the server ended the StepMany stream")
-                except (grpc.RpcError, TimeoutError) as err:
-                    if isinstance(err, TimeoutError):
-                        err = StepError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no StepMany reply within {self.timeout:g} s")
-                    outbox.put_nowait(None)
-                    call.cancel()
-                    call = None
-                    _fail(carried, err)
-                    continue
-                _answer(carried, reply)
+                # On Ray Serve, sessions live on different replicas: one stream (and message) per owner.
+                groups: dict[str, list] = {}
+                for item in carried:
+                    groups.setdefault(wire.owner_of(item[0].session_id), []).append(item)
+                await asyncio.gather(*(self._exchange(streams, owner, group) for owner, group in groups.items()))
         finally:
-            if call is not None:
-                outbox.put_nowait(None)
-                call.cancel()
+            for stream in streams.values():
+                stream.close()
             _fail(self._queued, StepError(grpc.StatusCode.CANCELLED, "the step multiplexer stopped"))
             self._queued = []
+
+    async def _exchange(self, streams: dict[str, _Stream], owner: str, carried: list) -> None:
+        """One StepMany message for `carried` over the stream of their owner, and its answers."""
+        stream = streams.get(owner)
+        if stream is None:
+            # Requests go through an iterator, not call.write: a write that loses the race with the server's
+            # verdict (a refused token) ends the call as INTERNAL, hiding that verdict.
+            metadata = (*self._metadata, (wire.SESSION_METADATA, carried[0][0].session_id))
+            stream = streams[owner] = _Stream(self._stub, metadata)
+        try:
+            if stream.opened and owner:  # Ray Serve's proxy sends its headers with the first reply: no word to wait for
+                stream.opened = False
+            if stream.opened:
+                # The server's first word (its initial metadata, or its verdict on the call) before ours:
+                # a refused token then arrives as UNAUTHENTICATED, not as a write that lost the race.
+                stream.opened = False
+                await asyncio.wait_for(stream.call.initial_metadata(), self.timeout)
+                if stream.call.done():
+                    raise StepError(await stream.call.code(), await stream.call.details())
+            stream.outbox.put_nowait(pb.StepManyRequest(steps=[request for request, _ in carried]))
+            self.messages += 1
+            reply = await asyncio.wait_for(stream.call.read(), self.timeout)
+            if reply is grpc.aio.EOF:
+                raise StepError(grpc.StatusCode.UNAVAILABLE, "the server ended the StepMany stream")
+        except (grpc.RpcError, TimeoutError) as err:
+            if isinstance(err, TimeoutError):
+                err = StepError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no StepMany reply within {self.timeout:g} s")
+            streams.pop(owner).close()
+            _fail(carried, err)
+            return
+        _answer(carried, reply)
 
     async def close(self) -> None:
         if self._pump is not None:
@@ -102,6 +110,19 @@ class StepMultiplexer:
                 await self._pump
             except asyncio.CancelledError:
                 pass
+
+
+class _Stream:
+    """One StepMany call and the queue its requests go out through."""
+
+    def __init__(self, stub, metadata):
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.call = stub.StepMany(_drain(self.outbox), metadata=metadata)
+        self.opened = True
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+        self.call.cancel()
 
 
 def _answer(carried: list[tuple[pb.StepRequest, asyncio.Future]], reply: pb.StepManyResponse) -> None:

@@ -50,6 +50,9 @@ class StepFailure(Exception):
         super().__init__(message)
         self.code, self.message = code, message
 
+    def __reduce__(self):  # pickled whole: on Ray Serve a failure travels from the replica to the proxy
+        return type(self), (self.code, self.message)
+
 
 @dataclass
 class ServerConfig:
@@ -86,6 +89,9 @@ class SimulatorService(pb_grpc.SimulatorServicer):
         )
         self.open_streams = 0
         """StepStream calls in progress (a client that goes away ends its stream and frees it)."""
+        self.foreign_step = None
+        """On Ray Serve: `async (StepRequest) -> StepResponse` for a step of a session another replica owns
+        (raises StepFailure). None: this process owns every session (services/ray_serve.py sets it)."""
 
     # -- models and sessions ------------------------------------------------
     def _info(self, served: ServedModel) -> pb.ModelInfo:
@@ -231,6 +237,8 @@ class SimulatorService(pb_grpc.SimulatorServicer):
 
     async def _step_one(self, request: pb.StepRequest) -> pb.StepResponse:
         """One step, or StepFailure with the status its Step call answers."""
+        if self.foreign_step is not None and not self.registry.owns(request.session_id):
+            return await self.foreign_step(request)
         try:
             session = self.registry.get(request.session_id)
         except UnknownError as err:

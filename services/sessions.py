@@ -95,11 +95,13 @@ class Session:
 
 class SessionRegistry:
     def __init__(self, max_sessions: int, max_envs_per_session: int, idle_ttl_s: float,
-                 max_total_envs: int | None = None):
+                 max_total_envs: int | None = None, id_prefix: str = ""):
         self.max_sessions = max_sessions
         self.max_envs_per_session = max_envs_per_session
         self.max_total_envs = default_max_total_envs() if max_total_envs is None else max_total_envs
         self.idle_ttl_s = idle_ttl_s
+        self.id_prefix = id_prefix
+        """Starts every session id made here: on Ray Serve, the replica's key (services/serve_routing.py)."""
         self.sessions: dict[str, Session] = {}
         self.total_envs = 0
         self.evicted = 0
@@ -119,7 +121,7 @@ class SessionRegistry:
 
     def add(self, model: ServedModel, backend: str, dreams: DreamBatch, png: bool) -> Session:
         self.check_capacity(dreams.num_envs)  # again: the caller may have awaited since it checked
-        session = Session(secrets.token_hex(12), model, backend, dreams, png)
+        session = Session(self.id_prefix + secrets.token_hex(12), model, backend, dreams, png)
         self.sessions[session.id] = session
         self.total_envs += dreams.num_envs
         return session
@@ -127,6 +129,10 @@ class SessionRegistry:
     def check_envs(self, num_envs: int) -> None:
         if num_envs > self.max_envs_per_session:
             raise LimitError(f"num_envs {num_envs} is over this server's limit of {self.max_envs_per_session} per session")
+
+    def owns(self, session_id: str) -> bool:
+        """Whether `session_id` was made here (lives here, or did); one server owns every id."""
+        return session_id.startswith(self.id_prefix)
 
     def get(self, session_id: str) -> Session:
         session = self.sessions.get(session_id)

@@ -23,6 +23,15 @@ OBSERVATION_MODE_CODES: dict[str, int] = {
 }
 """{"pixels": OBSERVATION_MODE_PIXELS, "latent": ...}: the modes of worldmodel.spec.OBSERVATION_MODES as the
 proto's enum codes them (a mode the proto lacks fails here, at import)."""
+OWNER_SEPARATOR = "."
+SESSION_METADATA = "session_id"
+"""gRPC metadata naming the session a call is for: Ray Serve's proxy routes on it (services/serve_routing.py)."""
+
+
+def owner_of(session_id: str) -> str:
+    """The key of the replica that made a session id (`KEY.RANDOM` on Ray Serve); "" for a single server's."""
+    key, separator, _ = session_id.partition(OWNER_SEPARATOR)
+    return key if separator else ""
 
 
 def to_tensor(array) -> pb.Tensor:

@@ -36,8 +36,9 @@ API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 """Where Ray's state API (and `ray job`) look first, before any machine-wide discovery."""
 
 
-def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
+def init_ray(num_cpus: int | None = None, num_gpus: int | None = None, runtime_env: dict | None = None) -> bool:
     """Join the cluster named by RAY_ADDRESS (as under `ray job submit`), else start an embedded one.
+    `runtime_env`: the runtime_env of this driver's job, as `ray.init` takes it.
 
     Returns True when this call started Ray (the caller may then shut it down).
     """
@@ -46,7 +47,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True, runtime_env=runtime_env)
         return True
     for key, value in LOOPBACK_ENV.items():  # inherited by the Ray processes started below
         os.environ.setdefault(key, value)
@@ -73,6 +74,7 @@ def init_ray(num_cpus: int | None = None, num_gpus: int | None = None) -> bool:
             dashboard_host="127.0.0.1",
             dashboard_port=dashboard_port,
             log_to_driver=True,
+            runtime_env=runtime_env,
         )
     finally:
         for key, value in before.items():

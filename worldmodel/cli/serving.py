@@ -51,6 +51,28 @@ def add_serve_command(subparsers: Subparsers) -> None:
     parser.add_argument("--tls-cert", default=None)
     parser.add_argument("--tls-key", default=None)
     parser.add_argument("--device", default="cpu")
+    ray = parser.add_argument_group(
+        "Ray Serve", "--ray serves the same service from replicas on Ray Serve behind its gRPC proxy (on --host:--port): "
+        "embedded Ray here, or the cluster of RAY_ADDRESS (as under `ray job submit`). Each replica holds the "
+        "bundles, its sessions and its batcher; a session's calls reach its replica only. The limits hold per replica.")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve (no TLS: Serve's gRPC proxy has none)")
+    ray.add_argument("--replicas", type=replica_range, default=(1, None), metavar="N|MIN-MAX",
+                     help="replicas (default 1); MIN-MAX autoscales on ongoing calls. Removing a replica loses its sessions")
+    ray.add_argument("--cpus-per-replica", type=positive_float, default=1.0, help="CPUs Ray reserves per replica (torch uses as many threads)")
+    ray.add_argument("--gpus-per-replica", type=non_negative_float, default=0.0,
+                     help="GPUs per replica (fractions share one); > 0 puts the models on cuda")
+
+
+def replica_range(text: str) -> tuple[int, int | None]:
+    """"N" -> (N, None); "MIN-MAX" -> (MIN, MAX) for autoscaling."""
+    low, dash, high = text.partition("-")
+    try:
+        bounds = (int(low), int(high) if dash else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX, got {text!r}") from None
+    if bounds[0] < 1 or (bounds[1] is not None and bounds[1] < bounds[0]):
+        raise argparse.ArgumentTypeError(f"expected N >= 1 or 1 <= MIN <= MAX, got {text!r}")
+    return bounds
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -67,6 +89,10 @@ def run_serve(args: argparse.Namespace) -> None:
         raise CliError(f"--token-env {args.token_env}: that variable is empty or unset")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CliError("TLS needs both --tls-cert and --tls-key")
+    if not args.ray and (args.replicas != (1, None) or args.cpus_per_replica != 1.0 or args.gpus_per_replica):
+        raise CliError("--replicas, --cpus-per-replica and --gpus-per-replica need --ray")
+    if args.ray and args.tls_cert:
+        raise CliError("--ray has no TLS (Ray Serve's gRPC proxy serves plaintext): drop --tls-cert/--tls-key or --ray")
     check_device(args.device)
     check_port_free(args.host, args.port)
     try:
@@ -83,6 +109,16 @@ def run_serve(args: argparse.Namespace) -> None:
                               enabled=not args.no_batching),
         dm_env_rpc=not args.no_dm_env_rpc,
     )
+
+    if args.ray:
+        from services.ray_serve import ReplicaOptions, serve_on_ray
+
+        replicas, max_replicas = args.replicas
+        options = ReplicaOptions(replicas=replicas, max_replicas=max_replicas, cpus_per_replica=args.cpus_per_replica,
+                                 gpus_per_replica=args.gpus_per_replica)
+        serve_on_ray(bundles, config, options,
+                     on_ready=lambda port: print(f"serving on {grpc_address(args.host, port)}", flush=True))
+        return
 
     def ready(running) -> None:
         print(f"serving on {grpc_address(args.host, running.port)}", flush=True)

@@ -1,0 +1,223 @@
+"""`worldmodel serve --ray`: the service on Ray Serve with 2 replicas, through Serve's gRPC proxy.
+
+One real `worldmodel serve --ray --replicas 2` subprocess (its own embedded Ray) serves the module; the
+last test stops it with SIGTERM. Clients are the project's unchanged ones (SimulatorClient, Remote-v0,
+the StepMany multiplexer, dm_env_rpc's own client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import gymnasium
+import numpy as np
+import psutil
+import pytest
+from dm_env_rpc.v1 import connection, dm_env_adaptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import worldmodel
+from services.client import SimulatorClient
+from services.wire import owner_of
+from worldmodel.session import DreamBatch
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "serve-on-ray-test-token"
+Code = grpc.StatusCode
+LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+
+
+@pytest.fixture(scope="module")
+def served(box_bundle, tmp_path_factory):
+    """`worldmodel serve --ray box=BUNDLE --replicas 2 --token-env ...`, up; yields (process, address)."""
+    log = tmp_path_factory.mktemp("serve-ray") / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(WM_TEST_TOKEN=TOKEN, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "worldmodel.cli", "serve", f"box={box_bundle}", "--ray", "--replicas", "2",
+               "--port", "0", "--token-env", "WM_TEST_TOKEN", "--idle-ttl", "300"]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                   start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=240)
+    except queue.Empty:
+        process.kill()
+        pytest.fail(f"serve --ray did not start in 240 s: {log.read_text()[-3000:]}")
+    match = re.fullmatch(r"serving on 127\.0\.0\.1:(\d+)\n", line)
+    assert match, (line, log.read_text()[-3000:])
+    yield process, f"127.0.0.1:{match.group(1)}", log
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def client(address: str, **options) -> SimulatorClient:
+    return SimulatorClient(address, token=TOKEN, timeout=60, **options)
+
+
+def fails(code: Code, call, *args, **kwargs) -> str:
+    with pytest.raises(grpc.RpcError) as caught:
+        call(*args, **kwargs)
+    assert caught.value.code() == code, caught.value.details()
+    return caught.value.details()
+
+
+def test_sessions_spread_over_both_replicas_and_dream_as_in_process(served, box_bundle):
+    _, address, _ = served
+    model = worldmodel.load_bundle(box_bundle)
+    rng = np.random.default_rng(0)
+    with client(address) as c:
+        sessions = [c.create_session("box", seed=40 + i).session_id for i in range(4)]
+        owners = [owner_of(s) for s in sessions]
+        assert len(set(owners)) == 2 and owners[0] != owners[1]  # new sessions alternate between replicas
+        for seed, sid in zip((40, 41), sessions[:2]):  # one session on each replica
+            local = DreamBatch(model, 1, seed=seed)
+            local.reset()  # as the server does when it creates the session
+            expected = local.reset()
+            np.testing.assert_array_equal(c.reset(sid)["image"], expected["image"].numpy())
+            for _ in range(4):
+                actions = rng.uniform([-1, 0, 0], [1, 1, 1], (1, 3)).astype(np.float32)
+                remote, mine = c.step(sid, actions), local.step(actions)
+                np.testing.assert_array_equal(remote.observation["image"], mine.observation["image"].numpy())
+                np.testing.assert_array_equal(remote.reward, mine.reward)
+        with c.open_step_stream(sessions[2]) as stream:  # a StepStream reaches its session's replica
+            assert [stream.step(np.zeros((1, 3), np.float32)).step for _ in range(3)] == [1, 2, 3]
+        for sid in sessions:
+            c.close_session(sid)
+        fails(Code.NOT_FOUND, c.step, sessions[0], np.zeros((1, 3), np.float32))
+
+
+def test_remote_env_step_many_and_dm_env_rpc_work_unchanged(served):
+    from services.multiplex import StepMultiplexer
+
+    _, address, _ = served
+    env = gymnasium.make("worldmodel/Remote-v0", address=address, model="box", token=TOKEN)
+    observation, _ = env.reset(seed=3)
+    assert observation.shape == (64, 64, 3)
+    for _ in range(3):
+        observation, reward, *_ = env.step(env.action_space.sample())
+    env.close()
+
+    async def multiplexed() -> list[int]:  # one StepMany multiplexer, sessions on both replicas
+        with client(address) as c:
+            sessions = [c.create_session("box", seed=i).session_id for i in range(4)]
+        assert len({owner_of(s) for s in sessions}) == 2
+        async with grpc.aio.insecure_channel(address) as channel:
+            mux = StepMultiplexer(channel, token=TOKEN)
+            for _ in range(2):
+                replies = await asyncio.gather(*(mux.step(s, np.zeros((1, 3), np.float32)) for s in sessions))
+            await mux.close()
+        return [reply.step for reply in replies]
+
+    assert asyncio.run(multiplexed()) == [2, 2, 2, 2]
+
+    metadata = (("authorization", f"Bearer {TOKEN}"),)
+    with grpc.insecure_channel(address) as channel, connection.Connection(channel, metadata=metadata) as conn:
+        dm_env, world = dm_env_adaptor.create_and_join_world(conn, create_world_settings={"seed": 1}, join_world_settings={})
+        assert dm_env.reset().first() and owner_of(world)
+        assert dm_env.step({"action": np.zeros(3, np.float32)}).observation["image"].shape == (64, 64, 3)
+        dm_env.close()
+
+
+def test_auth_health_and_loopback(served):
+    process, address, _ = served
+    with SimulatorClient(address, timeout=30) as anonymous:
+        fails(Code.UNAUTHENTICATED, anonymous.list_models)
+        fails(Code.UNAUTHENTICATED, anonymous.create_session, "box")
+        with client(address) as c:
+            sid = c.create_session("box").session_id
+        fails(Code.UNAUTHENTICATED, anonymous.step, sid, np.zeros((1, 3), np.float32))
+        with pytest.raises(grpc.RpcError) as caught:
+            anonymous.open_step_stream(sid).step(np.zeros((1, 3), np.float32))
+        assert caught.value.code() == Code.UNAUTHENTICATED
+    with SimulatorClient(address, token="wrong", timeout=30) as impostor:
+        fails(Code.UNAUTHENTICATED, impostor.reset, sid)
+    with grpc.insecure_channel(address) as channel:  # health needs no token, as on the single server
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(service="worldmodel.v1.Simulator/box"), timeout=30).status \
+            == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as caught:
+            health.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=30)
+        assert caught.value.code() == Code.NOT_FOUND
+    # Every socket the service's processes listen on is on loopback (Serve binds "[::]" unless told).
+    session = os.getsid(process.pid)
+    listening = []
+    for connection_ in psutil.net_connections(kind="tcp"):
+        if connection_.status != psutil.CONN_LISTEN or connection_.pid is None:
+            continue
+        try:
+            if os.getsid(connection_.pid) == session:
+                listening.append(connection_.laddr)
+        except ProcessLookupError:
+            continue
+    assert listening and all(laddr.ip in LOOPBACK for laddr in listening), listening
+    assert int(address.rpartition(":")[2]) in {laddr.port for laddr in listening}
+
+
+def replica_pids(process) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if os.getsid(p.pid) == os.getsid(process.pid) and "ServeReplica" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_a_killed_replica_loses_only_its_own_sessions(served):
+    process, address, _ = served
+    action = np.zeros((1, 3), np.float32)
+    with client(address) as c:
+        sessions = [c.create_session("box", seed=i).session_id for i in range(6)]
+        envs = [gymnasium.make("worldmodel/Remote-v0", address=address, model="box", token=TOKEN) for _ in range(2)]
+        for env in envs:
+            env.reset(seed=0)
+            env.step(env.action_space.sample())
+        env_owners = [owner_of(env.unwrapped.session_id) for env in envs]
+        assert len(set(env_owners)) == 2
+        for sid in sessions:
+            c.reset(sid)
+            c.step(sid, action)
+        pids = replica_pids(process)
+        assert len(pids) == 2, pids
+        os.kill(pids[0], signal.SIGKILL)
+        started = time.monotonic()
+        lost, alive = set(), set()
+        for sid in sessions:
+            try:
+                assert c.step(sid, action).step == 2
+                alive.add(sid)
+            except grpc.RpcError as err:
+                assert err.code() in (Code.NOT_FOUND, Code.UNAVAILABLE) and "lost" in err.details(), err.details()
+                lost.add(sid)
+        assert time.monotonic() - started < 30
+        assert lost and alive
+        assert len({owner_of(s) for s in lost}) == 1 and not {owner_of(s) for s in lost} & {owner_of(s) for s in alive}
+        dead = owner_of(next(iter(lost)))
+        for sid in alive:  # the other replica's sessions carry on
+            assert c.step(sid, action).step == 3
+        victim, survivor = (envs[0], envs[1]) if env_owners[0] == dead else (envs[1], envs[0])
+        with pytest.raises(ValueError, match="lost"):  # its StepStream broke: the env says why
+            victim.step(victim.action_space.sample())
+        victim.reset(seed=1)  # a new session, on a live replica
+        assert owner_of(victim.unwrapped.session_id) != dead
+        victim.step(victim.action_space.sample())
+        survivor.step(survivor.action_space.sample())
+        for env in envs:
+            env.close()
+
+
+def test_sigterm_stops_the_service_cleanly(served):
+    process, address, log = served
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=90) == 0, log.read_text()[-3000:]
+    time.sleep(1)
+    with SimulatorClient(address, token=TOKEN, timeout=5) as c:
+        fails(Code.UNAVAILABLE, c.list_models)
