@@ -97,6 +97,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: {', '.join(f'--{k} {v:g}' for k, v in QUICK.items())} (figures not meant to be read)")
     add_device_argument(parser)
+    parser.add_argument("--ray", action="store_true",
+                        help="measure only `worldmodel serve --ray` with 1 and 2 replicas beside the single-process "
+                             "server (benchmarks/service_ray.py; about 4 minutes after the bundle)")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads, in this process and in the servers alike (with agents and a "
                              "server sharing 2 CPUs, more threads only contend; 0: torch's default)")
@@ -129,9 +132,10 @@ StepMany stream (services/multiplex.py: one channel, the steps of one loop turn 
 
 
 async def agents_load(address: str, spec, agents: int, num_envs: int, observation: str, args,
-                      server_pid: int | None = None, path: str = "unary") -> dict:
+                      server_pid: int | None = None, path: str = "unary", cpu_probe=None) -> dict:
     """`agents` asyncio clients, each with a session of `num_envs` envs, stepping flat out over `path`
-    (AGENT_PATHS); every reply decoded."""
+    (AGENT_PATHS); every reply decoded. `cpu_probe() -> {part: CPU seconds}` counts the server's CPU by part
+    (default: process `server_pid` as "server")."""
     import grpc
 
     from services import wire
@@ -154,15 +158,17 @@ async def agents_load(address: str, spec, agents: int, num_envs: int, observatio
 
     async def agent(i: int, stub, session_id: str) -> None:
         rng = np.random.default_rng(args.seed + 1000 + i)
-        await stub.Reset(pb.ResetRequest(session_id=session_id), timeout=60)
-        call = stub.StepStream() if path == "stream" else None
+        routed = ((wire.SESSION_METADATA, session_id),)  # Ray Serve's proxy routes on it; one server ignores it
+        await stub.Reset(pb.ResetRequest(session_id=session_id), timeout=60, metadata=routed)
+        call = stub.StepStream(metadata=routed) if path == "stream" else None
         while True:
             actions = random_actions(spec, num_envs, rng)
             sent = loop.time()
             if mux is not None:
                 reply = await mux.step(session_id, actions)
             elif call is None:
-                reply = await stub.Step(pb.StepRequest(session_id=session_id, actions=wire.to_tensor(actions)), timeout=120)
+                reply = await stub.Step(pb.StepRequest(session_id=session_id, actions=wire.to_tensor(actions)), timeout=120,
+                                        metadata=routed)
             else:
                 await call.write(pb.StepRequest(session_id=session_id, actions=wire.to_tensor(actions)))
                 reply = await call.read()
@@ -178,13 +184,17 @@ async def agents_load(address: str, spec, agents: int, num_envs: int, observatio
 
     cpu: dict[str, float] = {}
 
+    def server_cpu() -> dict[str, float]:
+        if cpu_probe is not None:
+            return cpu_probe()
+        return {"server": cpu_seconds(server_pid)} if server_pid else {}
+
     async def meter() -> None:  # CPU used over the measured window, by the agents and by the server
         await asyncio.sleep(max(0.0, window.begin - loop.time()))
-        start = {"agents": cpu_seconds(), "server": cpu_seconds(server_pid) if server_pid else 0.0}
+        start = {"agents": cpu_seconds(), **server_cpu()}
         await asyncio.sleep(max(0.0, window.end - loop.time()))
-        cpu["agents"] = cpu_seconds() - start["agents"]
-        if server_pid:
-            cpu["server"] = cpu_seconds(server_pid) - start["server"]
+        end = {"agents": cpu_seconds(), **server_cpu()}
+        cpu.update({part: used - start.get(part, 0.0) for part, used in end.items()})
 
     try:
         await asyncio.gather(meter(), *(agent(i, stub, c.session_id) for i, (stub, c) in enumerate(zip(stubs, created))))
@@ -411,6 +421,14 @@ def main(argv=None) -> int:
         figures["load_avg"] = os.getloadavg()[0]
         serve_flags = ["--max-sessions", str(args.agents + 16), "--max-envs", str(max(args.big_session, 1)),
                        "--max-message-mb", "256", "--device", args.device]
+        if args.ray:
+            from benchmarks import service_ray
+
+            figures["ray"] = service_ray.measure(args, model.spec, bundle, workdir, serve_flags)
+            figures["wall_s"] = time.perf_counter() - wall_start
+            service_ray.print_table(args, figures["ray"])
+            print(json.dumps({"benchmark": "service-ray", **rounded(figures)}))
+            return 0
         for mode in args.observations:
             figures[mode] = measure_mode(args, model, bundle, workdir, mode, serve_flags)
         figures["load_avg_after"] = os.getloadavg()[0]

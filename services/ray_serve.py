@@ -326,3 +326,39 @@ def wait_until_routed(host: str, port: int, timeout: float = 120.0) -> None:
                     raise RuntimeError(f"Ray Serve's gRPC proxy did not route to the service in {timeout:g} s: "
                                        f"{err.code().name} {err.details()}") from err
                 time.sleep(0.2)
+
+
+BUILD_ARGS = {
+    "bundles": "{name: bundle directory} (required)", "token_env": "variable holding the bearer token",
+    "device": "torch device of the models", "max_sessions": "sessions per replica", "max_envs": "envs per session",
+    "idle_ttl": "seconds before an idle session is evicted", "batch_window_ms": "dynamic batching window",
+    "max_message_mb": "largest reply a session may need", "dm_env_rpc": "also serve dm_env_rpc (true/false)",
+}
+"""What `args:` of services/serve.yaml may hold (`serve deploy`), as `worldmodel serve` takes it."""
+
+
+def build_app(args: dict):
+    """The application of services/serve.yaml's `import_path` (`serve deploy` / `serve run`): the deployment's
+    replicas, CPUs and GPUs come from the config's `deployments:` section."""
+    import os
+
+    from services.batcher import BatcherConfig
+
+    unknown = sorted(set(args) - set(BUILD_ARGS))
+    if unknown:
+        raise ValueError(f"unknown args {unknown}; the application takes: {BUILD_ARGS}")
+    bundles = args.get("bundles")
+    if not isinstance(bundles, dict) or not bundles:
+        raise ValueError("args.bundles must map model names to bundle directories, e.g. {carracing: /data/bundle}")
+    token = None
+    if args.get("token_env"):
+        token = os.environ.get(args["token_env"])
+        if not token:
+            raise ValueError(f"token_env {args['token_env']}: that variable is empty or unset where the app is built")
+    config = ServerConfig(
+        max_sessions=int(args.get("max_sessions", 1024)), max_envs_per_session=int(args.get("max_envs", 1024)),
+        idle_ttl_s=float(args.get("idle_ttl", 600.0)), max_message_bytes=int(args.get("max_message_mb", 64)) << 20,
+        token=token, device=str(args.get("device", "cpu")), dm_env_rpc=bool(args.get("dm_env_rpc", True)),
+        batcher=BatcherConfig(window_s=float(args.get("batch_window_ms", 2.0)) / 1000),
+    )
+    return simulator_app(bundles, config)
