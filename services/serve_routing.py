@@ -50,14 +50,18 @@ class SessionOwnerRouter(RequestRouter):
 
 GRPC_HOST_ENV = "WORLDMODEL_SERVE_GRPC_HOST"
 """The address Serve's gRPC proxy binds, set for `bind_grpc_proxy` by `worldmodel serve --ray`."""
+LOCAL_ONLY_ENV = "WORLDMODEL_SERVE_LOCAL_ONLY"
+"""Set ("1") when the whole Ray is this machine (embedded): replicas' internal servers may then bind loopback."""
 
 
 def bind_grpc_proxy() -> None:
     """Ray worker setup hook (runtime_env `worker_process_setup_hook`) of `worldmodel serve --ray`'s job.
 
     Ray 2.60 binds every interface ("[::]") with its Serve gRPC proxy and with each replica's internal gRPC
-    server, with no option to say otherwise. Here the proxy binds GRPC_HOST_ENV; when that is a loopback
-    address, so does each replica's internal server (Serve uses it only when RAY_SERVE_USE_GRPC_BY_DEFAULT=1).
+    server (how the proxy reaches replicas in throughput-optimized mode), with no option to say otherwise.
+    Here the proxy binds GRPC_HOST_ENV; on an embedded Ray (LOCAL_ONLY_ENV) with a loopback GRPC_HOST_ENV, so
+    does each replica's internal server. On a cluster those stay on every interface: other nodes' proxies
+    must reach them.
     """
     import os
 
@@ -69,7 +73,8 @@ def bind_grpc_proxy() -> None:
     literal = f"[{host}]" if ":" in host and not host.startswith("[") else host
     if not getattr(default_impl.add_grpc_address, "bound_host", None):
         default_impl.add_grpc_address = _rebinding(default_impl.add_grpc_address, literal)
-    if host in ("127.0.0.1", "localhost", "::1") and not getattr(replica.add_port_to_grpc_server, "bound_host", None):
+    local = os.environ.get(LOCAL_ONLY_ENV) == "1" and host in ("127.0.0.1", "localhost", "::1")
+    if local and not getattr(replica.add_port_to_grpc_server, "bound_host", None):
         replica.add_port_to_grpc_server = _rebinding(replica.add_port_to_grpc_server, literal)
 
 

@@ -221,3 +221,37 @@ def test_sigterm_stops_the_service_cleanly(served):
     time.sleep(1)
     with SimulatorClient(address, token=TOKEN, timeout=5) as c:
         fails(Code.UNAVAILABLE, c.list_models)
+
+
+def test_the_serve_config_file_is_a_valid_deployment_of_the_service(box_bundle, monkeypatch):
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from services.ray_serve import SERVICER_FUNCTIONS, build_app
+
+    config = yaml.safe_load((ROOT / "services" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config)
+    assert schema.grpc_options.grpc_servicer_functions == SERVICER_FUNCTIONS
+    (app,) = config["applications"]
+    assert app["import_path"] == "services.ray_serve:build_app" and app["deployments"][0]["name"] == "Simulator"
+    monkeypatch.setenv("WM_TEST_TOKEN", TOKEN)
+    application = build_app({**app["args"], "bundles": {"box": box_bundle}, "token_env": "WM_TEST_TOKEN"})
+    assert application._bound_deployment.name == "Simulator"
+    with pytest.raises(ValueError, match="unknown args"):
+        build_app({"bundles": {"box": box_bundle}, "replicas": 2})
+    with pytest.raises(ValueError, match="bundles"):
+        build_app({})
+    monkeypatch.delenv("WM_TEST_TOKEN")
+    with pytest.raises(ValueError, match="WM_TEST_TOKEN"):
+        build_app({"bundles": {"box": box_bundle}, "token_env": "WM_TEST_TOKEN"})
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--replicas", "2"], "need --ray"),
+    (["--ray", "--tls-cert", "c", "--tls-key", "k"], "no TLS"),
+    (["--ray", "--replicas", "3-2"], "MIN <= MAX"),
+])
+def test_ray_flags_that_cannot_work_are_one_line(box_bundle, flags, message):
+    result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "serve", box_bundle, *flags], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and message in result.stderr, result.stderr
