@@ -270,7 +270,8 @@ def simulator_app(bundles: dict[str, str | Path], config: ServerConfig, options:
 def serve_on_ray(bundles: dict[str, str | Path], config: ServerConfig, options: ReplicaOptions | None = None,
                  on_ready=None, stop=None) -> None:
     """Deploy the service on Ray Serve (embedded Ray, or the cluster of RAY_ADDRESS) and keep it up until
-    SIGTERM or SIGINT (or until `stop`, a threading.Event, is set); then delete it and stop what was started.
+    SIGTERM or SIGINT (or until `stop`, a threading.Event, is set); then delete its application, and on an
+    embedded Ray stop Serve and Ray.
 
     Serve's gRPC proxy listens on config.host:config.port (port 0: a free one); `on_ready(port)` is called
     once every replica is up.
@@ -311,8 +312,9 @@ def serve_on_ray(bundles: dict[str, str | Path], config: ServerConfig, options: 
         log.info("stopping: deleting the Serve application")
         serve.delete(APP_NAME)
     finally:
-        if started:
+        if started and embedded:  # on a cluster Serve may hold other applications: only ours went
             serve.shutdown()
+        if started:
             ray.shutdown()
 
 

@@ -237,6 +237,14 @@ def test_the_serve_config_file_is_a_valid_deployment_of_the_service(box_bundle, 
     monkeypatch.setenv("WM_TEST_TOKEN", TOKEN)
     application = build_app({**app["args"], "bundles": {"box": box_bundle}, "token_env": "WM_TEST_TOKEN"})
     assert application._bound_deployment.name == "Simulator"
+    from services.ray_serve import ReplicaOptions, simulator_app
+    from services.server import ServerConfig
+
+    autoscaled = simulator_app({"box": box_bundle}, ServerConfig(), ReplicaOptions(replicas=1, max_replicas=3))
+    scaling = autoscaled._bound_deployment._deployment_config.autoscaling_config
+    assert (scaling.min_replicas, scaling.max_replicas) == (1, 3)
+    on_gpus = simulator_app({"box": box_bundle}, ServerConfig(), ReplicaOptions(gpus_per_replica=0.5))._bound_deployment
+    assert on_gpus.ray_actor_options["num_gpus"] == 0.5 and on_gpus.init_args[1].device == "cuda"
     with pytest.raises(ValueError, match="unknown args"):
         build_app({"bundles": {"box": box_bundle}, "replicas": 2})
     with pytest.raises(ValueError, match="bundles"):
@@ -255,3 +263,56 @@ def test_ray_flags_that_cannot_work_are_one_line(box_bundle, flags, message):
     result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "serve", box_bundle, *flags], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+@pytest.mark.slow  # a Ray head, a job and Serve's start: about 90 s
+@pytest.mark.timeout(420)
+def test_serve_ray_runs_under_ray_job_submit(box_bundle):
+    import shutil
+    import tempfile
+
+    from test_train_ray import _free_port, _stop_head, _wait_for
+
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env.pop("RAY_ADDRESS", None)
+    dashboard, port = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="wmray-", dir="/tmp")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
+         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+         f"--temp-dir={temp_dir}", "--include-dashboard=true"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for(lambda: subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
+                                         capture_output=True).returncode == 0, 120, "the Ray head", head)
+        submit = [ray_bin, "job", "submit", "--address", address, "--no-wait", "--", "worldmodel", "serve",
+                  f"box={box_bundle}", "--ray", "--port", str(port)]
+        deadline = time.monotonic() + 120
+        while (submitted := subprocess.run(submit, env=env, capture_output=True, text=True)).returncode != 0:
+            assert time.monotonic() < deadline, submitted.stderr[-2000:]
+            time.sleep(3)
+        job_id = next(line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line)
+
+        def answers() -> bool:
+            try:
+                with SimulatorClient(f"127.0.0.1:{port}", timeout=5) as c:
+                    return [m.name for m in c.list_models()] == ["box"]
+            except grpc.RpcError:
+                return False
+
+        _wait_for(answers, 240, "the service under the job", head)
+        with SimulatorClient(f"127.0.0.1:{port}", timeout=60) as c:
+            sid = c.create_session("box", seed=0).session_id
+            assert owner_of(sid) and c.step(sid, np.zeros((1, 3), np.float32)).step == 1
+        subprocess.run([ray_bin, "job", "stop", "--address", address, job_id], env=env, capture_output=True, timeout=120)
+        _wait_for(lambda: not answers(), 120, "the service to go with its job")
+        logs = subprocess.run([ray_bin, "job", "logs", "--address", address, job_id], env=env,
+                              capture_output=True, text=True).stdout
+        assert "Started a local Ray instance" not in logs  # it joined the cluster
+    finally:
+        _stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
