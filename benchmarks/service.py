@@ -158,7 +158,7 @@ async def agents_load(address: str, spec, agents: int, num_envs: int, observatio
 
     async def agent(i: int, stub, session_id: str) -> None:
         rng = np.random.default_rng(args.seed + 1000 + i)
-        routed = ((wire.SESSION_METADATA, session_id),)  # Ray Serve's proxy routes on it; one server ignores it
+        routed = wire.routing_metadata(session_id)  # Ray Serve's proxy routes on it; one server has none
         await stub.Reset(pb.ResetRequest(session_id=session_id), timeout=60, metadata=routed)
         call = stub.StepStream(metadata=routed) if path == "stream" else None
         while True:

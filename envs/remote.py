@@ -107,6 +107,7 @@ class RemoteSession:
             self._steps = None
         info = self.client.create_session(**self._creation)
         if info.model.spec != self.spec:
+            self.client.close_session(info.session_id)
             raise RuntimeError(f"the model {info.model.name!r} changed its spec since this env was made")
         self.info, self.session_id = info, info.session_id
 
@@ -157,7 +158,7 @@ class RemoteSession:
             self.client.close()
 
 
-_BROKEN_STREAM = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED)
+_BROKEN_STREAM = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN)
 """How a stream ends when what carries it fails, not the step (the server's verdicts have their own codes)."""
 
 

@@ -79,7 +79,7 @@ class SimulatorClient:
 
     def _metadata(self, session_id: str | None) -> tuple:
         """The token, and the session a call is for (Ray Serve's proxy routes on it; one server ignores it)."""
-        return self.metadata if session_id is None else (*self.metadata, (wire.SESSION_METADATA, session_id))
+        return self.metadata if session_id is None else (*self.metadata, *wire.routing_metadata(session_id))
 
     def list_models(self) -> list[ModelDescription]:
         return [_model(m) for m in self._call(self.stub.ListModels, pb.ListModelsRequest()).models]

@@ -135,6 +135,12 @@ class EnvironmentService(dm_grpc.EnvironmentServicer):
     def _world(self, world_name: str, request: str) -> tuple[Session, World]:
         """The session that is world `world_name`, and the world; NOT_FOUND once destroyed or evicted."""
         session = self.registry.sessions.get(world_name)
+        if session is None and not self.registry.owns(world_name):  # on Ray Serve: another replica made it
+            raise ProtocolError(
+                grpc.StatusCode.NOT_FOUND,
+                f"{request}: world {echo(world_name)} is not on the replica of this connection: it was lost with "
+                "its replica, or lives on another (join a world on the connection that created it)",
+            )
         if session is None or session.world is None:  # a native session is no world
             raise ProtocolError(
                 grpc.StatusCode.NOT_FOUND,

@@ -78,7 +78,7 @@ class StepMultiplexer:
         if stream is None:
             # Requests go through an iterator, not call.write: a write that loses the race with the server's
             # verdict (a refused token) ends the call as INTERNAL, hiding that verdict.
-            metadata = (*self._metadata, (wire.SESSION_METADATA, carried[0][0].session_id))
+            metadata = (*self._metadata, *wire.routing_metadata(carried[0][0].session_id))
             stream = streams[owner] = _Stream(self._stub, metadata)
         try:
             if stream.opened and owner:  # Ray Serve's proxy sends its headers with the first reply: no word to wait for

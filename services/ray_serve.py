@@ -47,6 +47,10 @@ _METHODS = pb.DESCRIPTOR.services_by_name["Simulator"].methods_by_name
 _REQUESTS = {name: GetMessageClass(method.input_type) for name, method in _METHODS.items()}
 _REPLIES = {name: GetMessageClass(method.output_type) for name, method in _METHODS.items()}
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+NOT_HERE = -1
+"""OwnerCall's answer when the replica it reached does not own the session."""
+OWNER_RETRY_WAITS_S = (0.5, 1.0, 0.0)
+"""Before a session is called lost: ask again after these waits (the last try answers)."""
 
 
 @dataclass
@@ -164,8 +168,8 @@ class SimulatorReplica:
     async def OwnerCall(self, method: str, payload: bytes) -> tuple[int, str, bytes]:
         """`method` on a session of this replica, passed on by another replica: (status code, message, reply)."""
         request = _REQUESTS[method].FromString(payload)
-        if not self.service.registry.owns(request.session_id):  # its owner is gone: the router sent it here
-            return grpc.StatusCode.NOT_FOUND.value[0], lost_message(request.session_id), b""
+        if not self.service.registry.owns(request.session_id):  # the router knows no owner: gone, or not yet listed
+            return NOT_HERE, lost_message(request.session_id), b""
         self._start()
         try:
             reply = await getattr(self.service, method)(request, _CallContext())
@@ -179,8 +183,14 @@ class SimulatorReplica:
             from ray import serve
 
             self._peers = serve.get_deployment_handle(DEPLOYMENT_NAME, app_name=self.app_name)
-        code, message, payload = await self._peers.options(
-            method_name="OwnerCall", session_id=request.session_id).remote(method, request.SerializeToString())
+        for wait in OWNER_RETRY_WAITS_S:  # a replica started moments ago may not be in this router's list yet
+            code, message, payload = await self._peers.options(
+                method_name="OwnerCall", session_id=request.session_id).remote(method, request.SerializeToString())
+            if code != NOT_HERE:
+                break
+            await asyncio.sleep(wait)
+        if code == NOT_HERE:
+            code = grpc.StatusCode.NOT_FOUND.value[0]
         if code:
             raise StepFailure(_CODES.get(code, grpc.StatusCode.UNKNOWN), message)
         return _REPLIES[method].FromString(payload)
@@ -287,6 +297,10 @@ def serve_on_ray(bundles: dict[str, str | Path], config: ServerConfig, options: 
     embedded = not os.environ.get("RAY_ADDRESS")
     env_vars = {GRPC_HOST_ENV: config.host, LOCAL_ONLY_ENV: "1" if embedded else ""}
     env_vars.update({key: os.environ.get(key, value) for key, value in SERVE_ENV.items()})
+    # Serve's own message limits: clients' messages at the proxy as on one server (Ray's default is 2 GiB), and
+    # the proxy-replica hop (Ray's default 4 MiB) wide enough for the largest reply a session was admitted for.
+    env_vars.update(RAY_SERVE_GRPC_MAX_MESSAGE_SIZE=str(config.max_message_bytes),
+                    RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH=str(config.max_message_bytes + (1 << 20)))
     runtime_env = {"env_vars": env_vars, "worker_process_setup_hook": "services.serve_routing.bind_grpc_proxy"}
     started = init_ray(runtime_env=runtime_env)
     import ray
@@ -302,15 +316,20 @@ def serve_on_ray(bundles: dict[str, str | Path], config: ServerConfig, options: 
         serve.start(
             http_options=HTTPOptions(host="127.0.0.1", port=free_loopback_port()),  # unused; Serve starts it anyway
             grpc_options=gRPCOptions(port=port, grpc_servicer_functions=SERVICER_FUNCTIONS),
+            proxy_location="HeadOnly",  # one door, at the address given
         )
-        serve.run(simulator_app(bundles, config, options), name=APP_NAME, route_prefix=f"/{APP_NAME}", blocking=False)
-        wait_until_routed(config.host, port)
-        log.info("serving %s on %s:%d through Ray Serve", ", ".join(bundles), config.host, port)
-        if on_ready is not None:
-            on_ready(port)
-        stop.wait()
-        log.info("stopping: deleting the Serve application")
-        serve.delete(APP_NAME)
+        try:
+            serve.run(simulator_app(bundles, config, options), name=APP_NAME, route_prefix=f"/{APP_NAME}",
+                      blocking=False)
+            wait_until_routed(config.host, port, stop=stop)
+            if not stop.is_set():
+                log.info("serving %s on %s:%d through Ray Serve", ", ".join(bundles), config.host, port)
+                if on_ready is not None:
+                    on_ready(port)
+                stop.wait()
+        finally:  # also when a replica failed to start or a signal came first: nothing stays deployed
+            log.info("stopping: deleting the Serve application")
+            serve.delete(APP_NAME)
     finally:
         if started and embedded:  # on a cluster Serve may hold other applications: only ours went
             serve.shutdown()
@@ -318,7 +337,7 @@ def serve_on_ray(bundles: dict[str, str | Path], config: ServerConfig, options: 
             ray.shutdown()
 
 
-def wait_until_routed(host: str, port: int, timeout: float = 120.0) -> None:
+def wait_until_routed(host: str, port: int, timeout: float = 120.0, stop=None) -> None:
     """Return once Serve's proxy passes calls to the application (after `serve.run` returns, the proxy
     answers NOT_FOUND "Application metadata not set" until it hears of the application)."""
     import time
@@ -330,7 +349,7 @@ def wait_until_routed(host: str, port: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(grpc_address("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
+        while stop is None or not stop.is_set():
             try:
                 stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
                 return
@@ -371,7 +390,18 @@ def build_app(args: dict):
     config = ServerConfig(
         max_sessions=int(args.get("max_sessions", 1024)), max_envs_per_session=int(args.get("max_envs", 1024)),
         idle_ttl_s=float(args.get("idle_ttl", 600.0)), max_message_bytes=int(args.get("max_message_mb", 64)) << 20,
-        token=token, device=str(args.get("device", "cpu")), dm_env_rpc=bool(args.get("dm_env_rpc", True)),
+        token=token, device=str(args.get("device", "cpu")), dm_env_rpc=_flag(args.get("dm_env_rpc", True), "dm_env_rpc"),
         batcher=BatcherConfig(window_s=float(args.get("batch_window_ms", 2.0)) / 1000),
     )
     return simulator_app(bundles, config)
+
+
+def _flag(value, name: str) -> bool:
+    """A yes/no arg as YAML (a bool) or `serve run ... name=false` (a string) gives it."""
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")

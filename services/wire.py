@@ -34,6 +34,15 @@ def owner_of(session_id: str) -> str:
     return key if separator else ""
 
 
+def routing_metadata(session_id: str) -> tuple[tuple[str, str], ...]:
+    """The metadata that routes a call for `session_id` to its replica on Ray Serve: its owner's key alone
+    (short whatever the id), or nothing for a single server's id or one no replica could have made."""
+    owner = owner_of(session_id)
+    if not owner or len(owner) > 64 or not (owner.isascii() and owner.isalnum()):
+        return ()
+    return ((SESSION_METADATA, owner + OWNER_SEPARATOR),)
+
+
 def to_tensor(array) -> pb.Tensor:
     array = np.asarray(array.detach().cpu() if hasattr(array, "detach") else array)
     code = CODES.get(array.dtype.kind + str(array.dtype.itemsize))

@@ -23,7 +23,8 @@ import gymnasium
 import numpy as np
 import psutil
 import pytest
-from dm_env_rpc.v1 import connection, dm_env_adaptor
+from dm_env_rpc.v1 import connection, dm_env_adaptor, error
+from dm_env_rpc.v1 import dm_env_rpc_pb2 as dm
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import worldmodel
@@ -94,6 +95,9 @@ def test_sessions_spread_over_both_replicas_and_dream_as_in_process(served, box_
                 np.testing.assert_array_equal(remote.reward, mine.reward)
         with c.open_step_stream(sessions[2]) as stream:  # a StepStream reaches its session's replica
             assert [stream.step(np.zeros((1, 3), np.float32)).step for _ in range(3)] == [1, 2, 3]
+        big = c.create_session("box", num_envs=400).session_id  # replies of 4.9 MB: past Serve's 4 MiB default
+        assert c.step(big, np.zeros((400, 3), np.float32)).observation["image"].shape == (400, 64, 64, 3)
+        c.close_session(big)
         for sid in sessions:
             c.close_session(sid)
         fails(Code.NOT_FOUND, c.step, sessions[0], np.zeros((1, 3), np.float32))
@@ -128,6 +132,14 @@ def test_remote_env_step_many_and_dm_env_rpc_work_unchanged(served):
         dm_env, world = dm_env_adaptor.create_and_join_world(conn, create_world_settings={"seed": 1}, join_world_settings={})
         assert dm_env.reset().first() and owner_of(world)
         assert dm_env.step({"action": np.zeros(3, np.float32)}).observation["image"].shape == (64, 64, 3)
+        refusals = []
+        for _ in range(2):  # new connections alternate between the replicas: one reaches the other replica
+            with grpc.insecure_channel(address) as other_channel, \
+                    connection.Connection(other_channel, metadata=metadata) as other:
+                with pytest.raises(error.DmEnvRpcError) as caught:
+                    other.send(dm.JoinWorldRequest(world_name=world))
+                refusals.append(str(caught.value))
+        assert any("not on the replica of this connection" in message for message in refusals), refusals
         dm_env.close()
 
 
@@ -258,11 +270,15 @@ def test_the_serve_config_file_is_a_valid_deployment_of_the_service(box_bundle, 
     (["--replicas", "2"], "need --ray"),
     (["--ray", "--tls-cert", "c", "--tls-key", "k"], "no TLS"),
     (["--ray", "--replicas", "3-2"], "MIN <= MAX"),
+    (["--ray", "--gpus-per-replica", "1"], "no CUDA device"),
+    (["broken=/nonexistent/bundle", "--ray"], "bundle broken"),
 ])
 def test_ray_flags_that_cannot_work_are_one_line(box_bundle, flags, message):
     result = subprocess.run([sys.executable, "-m", "worldmodel.cli", "serve", box_bundle, *flags], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+    if "usage:" not in result.stderr:  # argparse's refusals come with the usage line
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 @pytest.mark.slow  # a Ray head, a job and Serve's start: about 90 s

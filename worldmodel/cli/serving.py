@@ -112,6 +112,16 @@ def run_serve(args: argparse.Namespace) -> None:
 
     if args.ray:
         from services.ray_serve import ReplicaOptions, serve_on_ray
+        from worldmodel.bundle import read_bundle_config
+        from worldmodel.errors import UserError
+
+        for name, path in bundles.items():  # here, as one line: in a replica it would be Serve's traceback
+            try:
+                read_bundle_config(path)
+            except (UserError, OSError, ValueError) as err:
+                raise CliError(f"bundle {name}: {err}") from err
+        if args.gpus_per_replica and not os.environ.get("RAY_ADDRESS"):
+            check_device("cuda")  # an embedded Ray without GPUs would wait for one forever
 
         replicas, max_replicas = args.replicas
         options = ReplicaOptions(replicas=replicas, max_replicas=max_replicas, cpus_per_replica=args.cpus_per_replica,
