@@ -28,65 +28,64 @@ from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
 class StepMultiplexer:
     """Steps of any number of coroutines (one event loop) over one StepMany stream, one message per turn.
 
-    `timeout` bounds each round trip; a stream that fails (server gone, bad token, timeout) fails the
-    steps it carried with that error, and the next step opens a new stream.
+    On Ray Serve each replica that holds some of the sessions gets its own lane: a stream and a pump, so
+    the agents of a fast replica never wait for a slow one's reply. `timeout` bounds each round trip; a
+    stream that fails (server gone, bad token, timeout) fails the steps it carried with that error, and
+    the next step opens a new stream.
     """
 
     def __init__(self, channel: grpc.aio.Channel, *, token: str | None = None, timeout: float | None = 60.0):
         self._stub = pb_grpc.SimulatorStub(channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
-        self._queued: list[tuple[pb.StepRequest, asyncio.Future]] = []
-        self._ready: asyncio.Event | None = None
-        self._pump: asyncio.Task | None = None
+        self._lanes: dict[str, _Lane] = {}
+        """Owner key ("" on a single server) -> its lane."""
         self.messages = 0
         """StepMany requests sent: steps / messages is how many steps shared a message."""
 
     async def step(self, session_id: str, actions, reset_mask=None) -> pb.StepResponse:
         future = asyncio.get_running_loop().create_future()
-        self._queued.append((step_request(session_id, actions, reset_mask), future))
-        if self._pump is None or self._pump.done():
-            self._ready = asyncio.Event()
-            self._pump = asyncio.create_task(self._run(), name="step-multiplexer")
-        self._ready.set()
+        owner = wire.owner_of(session_id)
+        lane = self._lanes.get(owner)
+        if lane is None or lane.pump.done():
+            lane = self._lanes[owner] = _Lane()
+            lane.pump = asyncio.create_task(self._run(lane), name=f"step-multiplexer-{owner or 'server'}")
+        lane.queued.append((step_request(session_id, actions, reset_mask), future))
+        lane.ready.set()
         return await future
 
-    async def _run(self) -> None:
-        streams: dict[str, _Stream] = {}
+    async def _run(self, lane: _Lane) -> None:
+        stream: _Stream | None = None
         try:
             while True:
-                await self._ready.wait()
-                self._ready.clear()
+                await lane.ready.wait()
+                lane.ready.clear()
                 await asyncio.sleep(0)  # one turn: the agents woken by the last reply queue their next steps
-                carried, self._queued = self._queued, []
+                carried, lane.queued = lane.queued, []
                 if not carried:
                     continue
-                # On Ray Serve, sessions live on different replicas: one stream (and message) per owner.
-                groups: dict[str, list] = {}
-                for item in carried:
-                    groups.setdefault(wire.owner_of(item[0].session_id), []).append(item)
-                await asyncio.gather(*(self._exchange(streams, owner, group) for owner, group in groups.items()))
+                if stream is None:
+                    # Requests go through an iterator, not call.write: a write that loses the race with the
+                    # server's verdict (a refused token) ends the call as INTERNAL, hiding that verdict.
+                    routing = wire.routing_metadata(carried[0][0].session_id)
+                    stream = _Stream(self._stub, (*self._metadata, *routing), waits_for_headers=not routing)
+                if not await self._exchange(stream, carried):
+                    stream.close()
+                    stream = None
         finally:
-            for stream in streams.values():
+            if stream is not None:
                 stream.close()
-            _fail(self._queued, StepError(grpc.StatusCode.CANCELLED, "the step multiplexer stopped"))
-            self._queued = []
+            _fail(lane.queued, StepError(grpc.StatusCode.CANCELLED, "the step multiplexer stopped"))
+            lane.queued = []
 
-    async def _exchange(self, streams: dict[str, _Stream], owner: str, carried: list) -> None:
-        """One StepMany message for `carried` over the stream of their owner, and its answers."""
-        stream = streams.get(owner)
-        if stream is None:
-            # Requests go through an iterator, not call.write: a write that loses the race with the server's
-            # verdict (a refused token) ends the call as INTERNAL, hiding that verdict.
-            metadata = (*self._metadata, *wire.routing_metadata(carried[0][0].session_id))
-            stream = streams[owner] = _Stream(self._stub, metadata)
+    async def _exchange(self, stream: _Stream, carried: list) -> bool:
+        """One StepMany message for `carried` and its answers; False when the stream failed (they fail with it)."""
         try:
-            if stream.opened and owner:  # Ray Serve's proxy sends its headers with the first reply: no word to wait for
-                stream.opened = False
-            if stream.opened:
-                # The server's first word (its initial metadata, or its verdict on the call) before ours:
-                # a refused token then arrives as UNAUTHENTICATED, not as a write that lost the race.
-                stream.opened = False
+            if stream.waits_for_headers:
+                # The server's first word (its initial metadata, or its verdict on the call) before ours: a refused
+                # token then arrives as UNAUTHENTICATED, not as a write that lost the race. (Ray Serve's proxy
+                # sends its headers with the first reply: no word to wait for there.)
+                stream.waits_for_headers = False
                 await asyncio.wait_for(stream.call.initial_metadata(), self.timeout)
                 if stream.call.done():
                     raise StepError(await stream.call.code(), await stream.call.details())
@@ -98,27 +97,36 @@ class StepMultiplexer:
         except (grpc.RpcError, TimeoutError) as err:
             if isinstance(err, TimeoutError):
                 err = StepError(grpc.StatusCode.DEADLINE_EXCEEDED, f"no StepMany reply within {self.timeout:g} s")
-            streams.pop(owner).close()
             _fail(carried, err)
-            return
+            return False
         _answer(carried, reply)
+        return True
 
     async def close(self) -> None:
-        if self._pump is not None:
-            self._pump.cancel()
+        for lane in self._lanes.values():
+            lane.pump.cancel()
             try:
-                await self._pump
+                await lane.pump
             except asyncio.CancelledError:
                 pass
+
+
+class _Lane:
+    """The steps waiting for one owner's stream, and the task that sends them."""
+
+    def __init__(self):
+        self.queued: list[tuple[pb.StepRequest, asyncio.Future]] = []
+        self.ready = asyncio.Event()
+        self.pump: asyncio.Task | None = None
 
 
 class _Stream:
     """One StepMany call and the queue its requests go out through."""
 
-    def __init__(self, stub, metadata):
+    def __init__(self, stub, metadata, waits_for_headers: bool):
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.call = stub.StepMany(_drain(self.outbox), metadata=metadata)
-        self.opened = True
+        self.waits_for_headers = waits_for_headers
 
     def close(self) -> None:
         self.outbox.put_nowait(None)
