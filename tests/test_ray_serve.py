@@ -235,6 +235,33 @@ def test_sigterm_stops_the_service_cleanly(served):
         fails(Code.UNAVAILABLE, c.list_models)
 
 
+def test_idle_sessions_are_evicted_on_a_replica(box_bundle, tmp_path):
+    command = [sys.executable, "-m", "worldmodel.cli", "serve", f"box={box_bundle}", "--ray", "--port", "0",
+               "--idle-ttl", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with (tmp_path / "serve.log").open("w") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                                   start_new_session=True)
+    try:
+        line = process.stdout.readline()
+        match = re.fullmatch(r"serving on 127\.0\.0\.1:(\d+)\n", line)
+        assert match, (line, (tmp_path / "serve.log").read_text()[-3000:])
+        with SimulatorClient(f"127.0.0.1:{match.group(1)}", timeout=30) as c:
+            kept, idle = (c.create_session("box").session_id for _ in range(2))
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline:  # one session stays busy, the other idles past the TTL
+                c.step(kept, np.zeros((1, 3), np.float32))
+                time.sleep(0.2)
+            assert "evicted after 1 s idle" in fails(Code.NOT_FOUND, c.step, idle, np.zeros((1, 3), np.float32))
+            c.step(kept, np.zeros((1, 3), np.float32))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def test_the_serve_config_file_is_a_valid_deployment_of_the_service(box_bundle, monkeypatch):
     import yaml
     from ray.serve.schema import ServeDeploySchema
