@@ -312,26 +312,12 @@ def test_ray_flags_that_cannot_work_are_one_line(box_bundle, flags, message):
 @pytest.mark.timeout(420)
 def test_serve_ray_runs_under_ray_job_submit(box_bundle):
     import shutil
-    import tempfile
 
-    from test_train_ray import _free_port, _stop_head, _wait_for
+    from test_train_ray import _free_port, _stop_head, _wait_for, start_ray_head
 
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    env.pop("RAY_ADDRESS", None)
-    dashboard, port = _free_port(), _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="wmray-", dir="/tmp")
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
-         f"--temp-dir={temp_dir}", "--include-dashboard=true"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
+    ray_bin, env, head, address, temp_dir = start_ray_head()
+    port = _free_port()
     try:
-        _wait_for(lambda: subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
-                                         capture_output=True).returncode == 0, 120, "the Ray head", head)
         submit = [ray_bin, "job", "submit", "--address", address, "--no-wait", "--", "worldmodel", "serve",
                   f"box={box_bundle}", "--ray", "--port", str(port)]
         deadline = time.monotonic() + 120

@@ -67,22 +67,9 @@ def test_ray_job_submit_runs_the_same_command(cartpole_store, tmp_path):
 
     if ray.is_initialized():  # one Ray per machine is enough on 2 cores; later tests start theirs again
         ray.shutdown()
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # job entrypoints run in the head's environment
-    dashboard = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="wmray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
-         f"--temp-dir={temp_dir}", "--include-dashboard=true"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    address = f"http://127.0.0.1:{dashboard}"
+    ray_bin, env, head, address, temp_dir = start_ray_head()
     run = tmp_path / "job-run"
     try:
-        _wait_for(lambda: subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
-                                         capture_output=True).returncode == 0, 120, "the Ray head", head)
         submit = [ray_bin, "job", "submit", "--address", address, "--no-wait", "--", "worldmodel", "train", "vae",
                   "--store", cartpole_store, "--out", str(run), "--preset", "tiny", "--max-steps", "10"]
         deadline = time.monotonic() + 120  # the job server and its agent may still be starting after `ray job
@@ -111,6 +98,32 @@ def test_ray_job_submit_runs_the_same_command(cartpole_store, tmp_path):
     finally:
         _stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def start_ray_head():
+    """A `ray start --head` cluster of 2 CPUs on 127.0.0.1 whose job server answers: (ray binary, the environment
+    to run `ray` in, the head process, the dashboard address, its temp dir). Stop it with `_stop_head`."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # job entrypoints run in the head's environment
+    env.pop("RAY_ADDRESS", None)
+    dashboard = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="wmray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--num-cpus=2", f"--port={_free_port()}",
+         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1",
+         f"--temp-dir={temp_dir}", "--include-dashboard=true"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait_for(lambda: subprocess.run([ray_bin, "job", "list", "--address", address], env=env,
+                                         capture_output=True).returncode == 0, 120, "the Ray head", head)
+    except BaseException:
+        _stop_head(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return ray_bin, env, head, address, temp_dir
 
 
 def _stop_head(head: subprocess.Popen) -> None:
