@@ -23,6 +23,9 @@ latent mode), then as one line of JSON:
    (`gymnasium.make_vec("worldmodel/Remote-v0")`, what RLlib's env runners
    use) vs the in-process `DreamVectorEnv` of 256.      floor (latent) >= 0.8x
 
+--ray (benchmarks/service_ray.py, issue 14) measures instead `worldmodel serve --ray` with 1 and 2 replicas
+beside the single-process server: 64 agents, both modes, CPU by part, its own floors.
+
 Agents pick random valid actions and decode every reply (as an agent must).
 Each figure is counted over --seconds after --warmup seconds of the same load;
 the runs alternate and the best of --repeats counts (other load on the machine

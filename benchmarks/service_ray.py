@@ -11,9 +11,14 @@ processes (GCS, raylet, dashboard), so the table says where the 2 cores went.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import defaultdict
+from pathlib import Path
 
-from benchmarks.common import MODEL_NAME, ServeProcess, best_of_rounds
+if not __package__:  # `python benchmarks/service_ray.py` (as `make bench` runs it): import from the repo root
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from benchmarks.common import MODEL_NAME, ServeProcess, best_of_rounds  # noqa: E402
 
 FLOOR_TWO_REPLICAS = 1.4
 """Pre-registered (issue 14): 2 replicas / 1 replica, aggregate steps/s of --agents pixel-mode agents."""
@@ -87,3 +92,9 @@ def print_table(args, results: dict) -> None:
               + (f" (floor {FLOOR_TWO_REPLICAS:g}x: {results['floor_results']['two_vs_one_pixels']})" if mode == "pixels" else ""))
         print(f"[{mode}] 1 replica / single process: {ratios['one_vs_single']:.2f}x (floor {FLOOR_ONE_REPLICA_VS_SINGLE:g}x: "
               f"{results['floor_results'][f'one_vs_single_{mode}']})")
+
+
+if __name__ == "__main__":  # the same as `python benchmarks/service.py --ray ...`
+    from benchmarks import service
+
+    sys.exit(service.main(["--ray", *sys.argv[1:]]))

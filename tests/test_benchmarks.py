@@ -81,3 +81,16 @@ def test_adapt_benchmark_quick_run_reports_every_model_and_the_margin(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["scaling"]) == {"1", "2"} and (tmp_path / "scaling.png").stat().st_size > 1000
     assert (tmp_path / "gif-lora-K2" / "real_vmc_diffusion.gif").is_file()
+
+
+@pytest.mark.slow  # a paper-size bundle, then three servers: about 4 minutes
+def test_service_ray_quick_run_reports_both_floors(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "service_ray.py"), "--quick",
+                             "--workdir", str(tmp_path / "work")], capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    figures = json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"benchmark": "service-ray"')))
+    ray = figures["ray"]
+    assert set(ray["floor_results"]) == {"two_vs_one_pixels", "one_vs_single_pixels", "one_vs_single_latent"}
+    for server in ("single", "ray1", "ray2"):
+        assert ray[server]["pixels"]["steps_per_s"] > 0 and ray[server]["latent"]["steps_per_s"] > 0
+    assert ray["ray2"]["pixels"]["cpu_replicas"] > 0 and "cpu_proxy" in ray["ray1"]["latent"]
