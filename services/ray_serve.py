@@ -69,8 +69,8 @@ class ReplicaOptions:
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
 """Serve's settings for this service's processes (an environment variable of the same name wins). Ray 2.60's
 throughput-optimized mode runs replica code on the replica's own event loop and sends the proxy's calls to
-the replicas over gRPC instead of Ray actor calls: measured with 64 latent agents on 1 replica, 0.83x of the
-single-process server against 0.73x without it (benchmarks/service.py --ray). Direct ingress (replicas
+the replicas over gRPC instead of Ray actor calls: measured with 64 latent agents on 1 replica, 0.77-0.83x of
+the single-process server in three runs against 0.73x without it (benchmarks/service.py --ray). Direct ingress (replicas
 listening for clients themselves) stays off: the proxy is the one door."""
 
 TARGET_ONGOING_PER_REPLICA = 32
