@@ -21,6 +21,7 @@ import grpc
 
 from services import wire
 from services.client import StepError, step_request
+from services.status import status_code
 from worldmodel.v1 import simulator_pb2 as pb
 from worldmodel.v1 import simulator_pb2_grpc as pb_grpc
 
@@ -142,7 +143,7 @@ def _answer(carried: list[tuple[pb.StepRequest, asyncio.Future]], reply: pb.Step
         if future.done():  # its agent was cancelled
             continue
         if error.code:
-            future.set_exception(StepError(_status(error.code), error.message))
+            future.set_exception(StepError(status_code(error.code), error.message))
         else:
             future.set_result(step)
 
@@ -158,6 +159,3 @@ async def _drain(outbox: asyncio.Queue):
     while (request := await outbox.get()) is not None:
         yield request
 
-
-def _status(code: int) -> grpc.StatusCode:
-    return next((status for status in grpc.StatusCode if status.value[0] == code), grpc.StatusCode.UNKNOWN)

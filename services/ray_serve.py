@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field, replace
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -27,7 +28,7 @@ from services.guard import TOKEN_REQUIRED, bearer_matches
 from services.serve_routing import replica_key
 from services.server import SERVICE_NAME, ServerConfig, SimulatorService, StepFailure
 from services.sessions import load_served_model
-from services.status import bounded, echo
+from services.status import bounded, echo, status_code
 from services.wire import OWNER_SEPARATOR, owner_of
 from worldmodel.v1 import simulator_pb2 as pb
 
@@ -46,7 +47,6 @@ method of its name."""
 _METHODS = pb.DESCRIPTOR.services_by_name["Simulator"].methods_by_name
 _REQUESTS = {name: GetMessageClass(method.input_type) for name, method in _METHODS.items()}
 _REPLIES = {name: GetMessageClass(method.output_type) for name, method in _METHODS.items()}
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
 NOT_HERE = -1
 """OwnerCall's answer when the replica it reached does not own the session."""
 OWNER_RETRY_WAITS_S = (0.5, 1.0, 0.0)
@@ -62,8 +62,6 @@ class ReplicaOptions:
     """Set: autoscale between `replicas` and this many on ongoing requests (TARGET_ONGOING_PER_REPLICA)."""
     cpus_per_replica: float = 1.0
     gpus_per_replica: float = 0.0
-    extra: dict = field(default_factory=dict)
-    """More Serve deployment options, as `serve.deployment(...).options` takes them."""
 
 
 SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0"}
@@ -146,11 +144,13 @@ class SimulatorReplica:
 
     # -- dm_env_rpc and health ------------------------------------------------------------------------
     async def Process(self, request_stream, grpc_context=None):
-        if self.environment is None:
-            _set_status(grpc_context, grpc.StatusCode.UNIMPLEMENTED, "dm_env_rpc is off on this server")
-            raise StepFailure(grpc.StatusCode.UNIMPLEMENTED, "dm_env_rpc is off on this server")
-        async for reply in self._stream(self.environment.Process, request_stream, grpc_context):
+        async for reply in self._stream(self._dm_env_rpc, request_stream, grpc_context):
             yield reply
+
+    def _dm_env_rpc(self, request_stream, context):
+        if self.environment is None:
+            raise StepFailure(grpc.StatusCode.UNIMPLEMENTED, "dm_env_rpc is off on this server")
+        return self.environment.Process(request_stream, context)
 
     async def Check(self, request, grpc_context=None):
         if request.service not in self.health_names:
@@ -179,6 +179,8 @@ class SimulatorReplica:
 
     async def _to_owner(self, method: str, request):
         """`method` on the replica that owns the request's session (StepFailure with its status if it fails)."""
+        if not owner_of(request.session_id):  # no replica made this id
+            raise StepFailure(grpc.StatusCode.NOT_FOUND, f"no session {echo(request.session_id)} (never created)")
         if self._peers is None:
             from ray import serve
 
@@ -192,20 +194,16 @@ class SimulatorReplica:
         if code == NOT_HERE:
             code = grpc.StatusCode.NOT_FOUND.value[0]
         if code:
-            raise StepFailure(_CODES.get(code, grpc.StatusCode.UNKNOWN), message)
+            raise StepFailure(status_code(code), message)
         return _REPLIES[method].FromString(payload)
 
     async def _foreign_step(self, request: pb.StepRequest) -> pb.StepResponse:
-        if not owner_of(request.session_id):  # no replica made this id
-            raise StepFailure(grpc.StatusCode.NOT_FOUND, f"no session {echo(request.session_id)} (never created)")
         return await self._to_owner("Step", request)
 
     def _owned(self, method):
         async def call(request, context):
             if self.service.registry.owns(request.session_id):
                 return await method(request, context)
-            if not owner_of(request.session_id):
-                raise StepFailure(grpc.StatusCode.NOT_FOUND, f"no session {echo(request.session_id)} (never created)")
             return await self._to_owner(method.__name__, request)
         return call
 
@@ -270,7 +268,6 @@ def simulator_app(bundles: dict[str, str | Path], config: ServerConfig, options:
         }
     else:
         deployment["num_replicas"] = options.replicas
-    deployment.update(options.extra)
     if options.gpus_per_replica > 0 and config.device == "cpu":
         config = replace(config, device="cuda")
     return serve.deployment(SimulatorReplica).options(**deployment).bind(
@@ -291,8 +288,6 @@ def serve_on_ray(bundles: dict[str, str | Path], config: ServerConfig, options: 
 
     from services.serve_routing import GRPC_HOST_ENV, LOCAL_ONLY_ENV
     from worldmodel.raycluster import free_loopback_port, init_ray
-
-    import os
 
     embedded = not os.environ.get("RAY_ADDRESS")
     env_vars = {GRPC_HOST_ENV: config.host, LOCAL_ONLY_ENV: "1" if embedded else ""}
@@ -372,8 +367,6 @@ BUILD_ARGS = {
 def build_app(args: dict):
     """The application of services/serve.yaml's `import_path` (`serve deploy` / `serve run`): the deployment's
     replicas, CPUs and GPUs come from the config's `deployments:` section."""
-    import os
-
     from services.batcher import BatcherConfig
 
     unknown = sorted(set(args) - set(BUILD_ARGS))

@@ -70,7 +70,8 @@ def bind_grpc_proxy() -> None:
         return
     from ray.serve._private import default_impl, replica
 
-    literal = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    literal = f"[{host}]" if ":" in host and not host.startswith("[") else host  # services.server.grpc_address's
+    # rule, not imported: that module pulls torch into every proxy
     if not getattr(default_impl.add_grpc_address, "bound_host", None):
         default_impl.add_grpc_address = _rebinding(default_impl.add_grpc_address, literal)
     local = os.environ.get(LOCAL_ONLY_ENV) == "1" and host in ("127.0.0.1", "localhost", "::1")

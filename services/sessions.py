@@ -95,13 +95,13 @@ class Session:
 
 class SessionRegistry:
     def __init__(self, max_sessions: int, max_envs_per_session: int, idle_ttl_s: float,
-                 max_total_envs: int | None = None, id_prefix: str = ""):
+                 max_total_envs: int | None = None):
         self.max_sessions = max_sessions
         self.max_envs_per_session = max_envs_per_session
         self.max_total_envs = default_max_total_envs() if max_total_envs is None else max_total_envs
         self.idle_ttl_s = idle_ttl_s
-        self.id_prefix = id_prefix
-        """Starts every session id made here: on Ray Serve, the replica's key (services/serve_routing.py)."""
+        self.id_prefix = ""
+        """Starts every session id made here: on Ray Serve, the replica's key (services/ray_serve.py sets it)."""
         self.sessions: dict[str, Session] = {}
         self.total_envs = 0
         self.evicted = 0

@@ -27,6 +27,11 @@ def bounded(message: str, limit: int = MESSAGE_CHARS) -> str:
     return message if len(message) <= limit else message[:limit] + "..."
 
 
+def status_code(value: int) -> grpc.StatusCode:
+    """The gRPC status code of its number on the wire (UNKNOWN for a number gRPC does not define)."""
+    return next((code for code in grpc.StatusCode if code.value[0] == value), grpc.StatusCode.UNKNOWN)
+
+
 async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> None:
     """End the call with `code` and a bounded message (raises, as `context.abort` does)."""
     await context.abort(code, bounded(message))
